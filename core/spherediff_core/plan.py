@@ -1,0 +1,413 @@
+"""Sampling plans: which sphere point every grid cell of every view reads and writes.
+
+A plan is computed once per configuration (points, view layout, grid size, method,
+temperature) and reused at every denoising step: the assignment depends only on the
+geometry, never on the timestep. Plans are cached on disk under a key made of every
+parameter that affects them, so a changed parameter never reuses a stale plan.
+
+Methods
+-------
+``dynamic`` (the paper's "dynamic latent sampling")
+    Every cell of a view gets a *distinct* sphere point, so the noise a model sees stays
+    independent and unit-variance. Cells are filled from the centre outward, one square
+    ring at a time. Inside a ring all cells propose their nearest unused point at once and
+    a point wanted by several cells goes to the nearest of them; the others propose again
+    (a greedy nearest-first matching per ring, which is less order-dependent than filling
+    cells one by one). The outermost points are the ones left over.
+``nearest`` (the paper's ablation baseline)
+    Every cell takes its nearest point; a point may be repeated within a view.
+
+Weights are ``exp(-r / T)`` with ``r`` the distance of the assigned point from the view
+centre in normalised image coordinates (conventions in :mod:`spherediff_core.geometry`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from . import geometry
+
+__all__ = [
+    "PLAN_FORMAT_VERSION",
+    "PlanConfig",
+    "SamplingPlan",
+    "build_plan",
+    "default_cache_dir",
+    "load_or_build_plan",
+]
+
+logger = logging.getLogger(__name__)
+
+PLAN_FORMAT_VERSION = 1
+METHODS = ("dynamic", "nearest")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """Every parameter a sampling plan depends on.
+
+    ``grid_height``/``grid_width`` of ``None`` mean the square grid that the view's share
+    of the points fills (``geometry.grid_side_for``).
+    """
+
+    n_points: int
+    fov_deg: float = 80.0
+    overlap: float = 0.6
+    extra_views_per_ring: int = 3
+    ring_step_deg: float | None = None
+    grid_height: int | None = None
+    grid_width: int | None = None
+    method: str = "dynamic"
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.n_points < 16:
+            raise ValueError(f"n_points must be at least 16, got {self.n_points}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not self.temperature > 0.0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("grid_height", "grid_width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(h, w) of every view's latent grid."""
+        side = geometry.grid_side_for(self.n_points, self.fov_deg)
+        h = self.grid_height if self.grid_height is not None else side
+        w = self.grid_width if self.grid_width is not None else side
+        return h, w
+
+    def layout(self) -> geometry.ViewLayout:
+        return geometry.default_view_layout(
+            self.fov_deg, self.overlap, self.extra_views_per_ring, self.ring_step_deg
+        )
+
+    def cache_key(self) -> str:
+        h, w = self.grid_size
+        payload = {
+            "format": PLAN_FORMAT_VERSION,
+            "lattice": "fibonacci-v1",
+            "n_points": self.n_points,
+            "fov_deg": float(self.fov_deg),
+            "overlap": float(self.overlap),
+            "extra_views_per_ring": self.extra_views_per_ring,
+            "ring_step_deg": None if self.ring_step_deg is None else float(self.ring_step_deg),
+            "grid": [h, w],
+            "method": self.method,
+            "temperature": float(self.temperature),
+        }
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class SamplingPlan:
+    """The precomputed gather/scatter map between sphere points and view grids.
+
+    Attributes (V views, h x w grid, M = h * w cells, N sphere points):
+        config: the parameters it was built from.
+        points: (N, 3) float64 unit vectors of the sphere lattice.
+        lon_rad, lat_rad: (V,) float64 view directions.
+        frames: (V, 3, 3) float64 camera frames (rows right, up, forward).
+        indices: (V, M) int64 sphere index of each cell, row-major over (h, w).
+        weights: (V, M) float32 fusion weight exp(-r / T) of each cell.
+        rays: (V, h, w, 3) float32 ideal pinhole ray of each cell.
+        weight_sum: (N,) float32 summed weight of every point over all views (0 = uncovered).
+    """
+
+    config: PlanConfig
+    points: torch.Tensor
+    lon_rad: torch.Tensor
+    lat_rad: torch.Tensor
+    frames: torch.Tensor
+    indices: torch.Tensor
+    weights: torch.Tensor
+    rays: torch.Tensor
+    weight_sum: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.weight_sum = torch.zeros(self.n_points, dtype=torch.float32).index_add_(
+            0, self.indices.reshape(-1), self.weights.reshape(-1)
+        )
+
+    @property
+    def n_views(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return int(self.rays.shape[1]), int(self.rays.shape[2])
+
+    @property
+    def fov_deg(self) -> float:
+        return self.config.fov_deg
+
+    @property
+    def view_dirs(self) -> torch.Tensor:
+        """Forward unit vectors of the views, (V, 3) float64."""
+        return self.frames[:, 2]
+
+    @property
+    def covered(self) -> torch.Tensor:
+        """(N,) bool: points that at least one view reads."""
+        return self.weight_sum > 0
+
+    def angular_error_rad(self) -> torch.Tensor:
+        """Angle between every cell's ideal ray and its assigned point, (V, h, w) float64."""
+        pts = self.points[self.indices].reshape(self.rays.shape)
+        cos = (pts * self.rays.to(torch.float64)).sum(-1).clamp(-1.0, 1.0)
+        return torch.arccos(cos)
+
+    def cell_spacing_rad(self) -> torch.Tensor:
+        """Local angular size of every cell, sqrt of its solid angle, (h, w) float64.
+
+        A cell at angle theta from the view axis spans pitch^2 * cos^3(theta) steradians,
+        with pitch = 2 tan(fov_x / 2) / w the cell size on the image plane at depth 1.
+        """
+        h, w = self.grid_size
+        tx, ty = geometry.tan_half_fovs(self.fov_deg, h, w)
+        x, y = geometry.cell_centres(h, w)
+        cos_theta = 1.0 / torch.sqrt(1.0 + (x * tx) ** 2 + (y * ty) ** 2)
+        pitch = 2.0 * tx / w
+        return pitch * cos_theta**1.5
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        return {
+            "points": self.points,
+            "lon_rad": self.lon_rad,
+            "lat_rad": self.lat_rad,
+            "frames": self.frames,
+            "indices": self.indices,
+            "weights": self.weights,
+            "rays": self.rays,
+        }
+
+
+def _ring_order(h: int, w: int) -> torch.Tensor:
+    """Square-ring index of every cell of an h x w grid, centre ring 0, (h * w,) int64."""
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    i = torch.arange(h, dtype=torch.float64)[:, None]
+    j = torch.arange(w, dtype=torch.float64)[None, :]
+    # Scale to the longer side so non-square grids still grow ring by ring from the centre.
+    s = max(h, w)
+    ring = torch.maximum((i - cy).abs() * s / h, (j - cx).abs() * s / w)
+    ring = ring - ring.min()
+    return torch.floor(ring + 1e-9).to(torch.int64).reshape(-1)
+
+
+def _match_nearest_first(
+    view: torch.Tensor,
+    cand: torch.Tensor,
+    dist: torch.Tensor,
+    used: torch.Tensor,
+) -> torch.Tensor:
+    """Give each (view, cell) pair its nearest free candidate, the nearest pair winning ties.
+
+    view: (P,) view of each pair; cand, dist: (P, k) candidates by increasing distance;
+    used: (V, N) bool, updated in place. Returns (P,) chosen point, -1 where every
+    candidate was taken.
+    """
+    n_points = used.shape[1]
+    chosen = torch.full((view.numel(),), -1, dtype=torch.int64)
+    pending = torch.ones(view.numel(), dtype=torch.bool)
+    while True:
+        free = ~used[view[:, None], cand]  # (P, k)
+        active = pending & free.any(-1)
+        if not bool(active.any()):
+            return chosen
+        pairs = torch.nonzero(active).squeeze(1)
+        first = torch.argmax(free[pairs].to(torch.int8), dim=-1)  # first free candidate
+        prop = cand[pairs, first]
+        prop_d = dist[pairs, first]
+        # A point wanted by several cells of one view goes to the nearest of them: sort by
+        # distance, then stably by (view, point), and keep the first of each run.
+        key = view[pairs] * n_points + prop
+        order = torch.argsort(prop_d, stable=True)
+        order = order[torch.argsort(key[order], stable=True)]
+        k_sorted = key[order]
+        first_of_run = torch.ones_like(k_sorted, dtype=torch.bool)
+        first_of_run[1:] = k_sorted[1:] != k_sorted[:-1]
+        win = order[first_of_run]
+        chosen[pairs[win]] = prop[win]
+        used[view[pairs[win]], prop[win]] = True
+        pending[pairs[win]] = False
+
+
+def _assign_dynamic(
+    tree: cKDTree, rays: np.ndarray, n_points: int, ring: torch.Tensor, k: int = 16
+) -> torch.Tensor:
+    """Distinct-point assignment, centre ring outward, all views at once.
+
+    rays: (V, M, 3) float64; ring: (M,) ring index of each cell. Returns (V, M) int64.
+    """
+    n_views, n_cells, _ = rays.shape
+    dist_np, cand_np = tree.query(rays.reshape(-1, 3), k=k, workers=-1)
+    dist = torch.from_numpy(dist_np).reshape(n_views, n_cells, k)
+    cand = torch.from_numpy(cand_np).to(torch.int64).reshape(n_views, n_cells, k)
+    used = torch.zeros(n_views, n_points, dtype=torch.bool)
+    out = torch.full((n_views, n_cells), -1, dtype=torch.int64)
+
+    for r in range(int(ring.max()) + 1):
+        cells = torch.nonzero(ring == r).squeeze(1)
+        view = torch.arange(n_views).repeat_interleave(cells.numel())
+        cell = cells.repeat(n_views)
+        chosen = _match_nearest_first(view, cand[view, cell], dist[view, cell], used)
+        out[view, cell] = chosen
+        # Cells whose k nearest points were all taken (the deficit at a view's rim, where a
+        # perspective grid is denser than the sphere): widen the search for just those.
+        kk = k
+        while bool((chosen < 0).any()):
+            if kk >= n_points:
+                raise RuntimeError("more grid cells than sphere points in a view")
+            kk = min(4 * kk, n_points)
+            stuck = torch.nonzero(chosen < 0).squeeze(1)
+            view, cell = view[stuck], cell[stuck]
+            wd, wc = tree.query(rays[view.numpy(), cell.numpy()], k=kk, workers=-1)
+            wide_c = torch.from_numpy(wc).to(torch.int64).reshape(-1, kk)
+            wide_d = torch.from_numpy(wd).reshape(-1, kk)
+            chosen = _match_nearest_first(view, wide_c, wide_d, used)
+            out[view, cell] = chosen
+    return out
+
+
+def build_plan(config: PlanConfig) -> SamplingPlan:
+    """Compute a sampling plan (vectorised over views; no disk access)."""
+    layout = config.layout()
+    h, w = config.grid_size
+    if h * w > config.n_points:
+        raise ValueError(
+            f"a {h}x{w} grid needs more cells than the sphere's {config.n_points} points"
+        )
+    points = geometry.fibonacci_sphere(config.n_points)
+    frames = layout.frames()
+    rays = geometry.view_rays(frames, config.fov_deg, h, w)  # (V, h, w, 3) float64
+    flat_rays = rays.reshape(layout.n_views, h * w, 3)
+    tree = cKDTree(points.numpy())
+    if config.method == "nearest":
+        _, nn = tree.query(flat_rays.reshape(-1, 3).numpy(), k=1, workers=-1)
+        indices = torch.from_numpy(nn).to(torch.int64).reshape(layout.n_views, h * w)
+    else:
+        indices = _assign_dynamic(tree, flat_rays.numpy(), config.n_points, _ring_order(h, w))
+
+    # Weight from where the assigned point really projects in its view.
+    tx, ty = geometry.tan_half_fovs(config.fov_deg, h, w)
+    cam = torch.einsum("vij,vmj->vmi", frames, points[indices])
+    depth = cam[..., 2].clamp_min(1e-12)
+    r = torch.hypot(cam[..., 0] / depth / tx, cam[..., 1] / depth / ty)
+    weights = torch.exp(-r / config.temperature).to(torch.float32)
+    return SamplingPlan(
+        config=config,
+        points=points,
+        lon_rad=layout.lon_rad,
+        lat_rad=layout.lat_rad,
+        frames=frames,
+        indices=indices,
+        weights=weights,
+        rays=rays.to(torch.float32),
+    )
+
+
+def default_cache_dir() -> Path:
+    """Where plans are cached: ``$SPHEREDIFF_CACHE_DIR``, else the platform's user cache."""
+    env = os.environ.get("SPHEREDIFF_CACHE_DIR")
+    if env:
+        return Path(env) / "plans"
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        return base / "spherediff" / "cache" / "plans"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "spherediff" / "plans"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "spherediff" / "plans"
+
+
+def _check_state(state: dict, config: PlanConfig) -> None:
+    """Raise ValueError unless a loaded state is a complete plan for ``config``."""
+    h, w = config.grid_size
+    n_views = config.layout().n_views
+    expected = {
+        "points": (config.n_points, 3),
+        "lon_rad": (n_views,),
+        "lat_rad": (n_views,),
+        "frames": (n_views, 3, 3),
+        "indices": (n_views, h * w),
+        "weights": (n_views, h * w),
+        "rays": (n_views, h, w, 3),
+    }
+    for name, shape in expected.items():
+        t = state.get(name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            raise ValueError(f"plan field {name!r} missing or of the wrong shape")
+    idx = state["indices"]
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= config.n_points):
+        raise ValueError("plan indices out of range")
+    if not bool(torch.isfinite(state["weights"]).all()):
+        raise ValueError("plan weights are not finite")
+
+
+def load_or_build_plan(config: PlanConfig, cache_dir: Path | str | None = None) -> SamplingPlan:
+    """Load the plan for ``config`` from the disk cache, or build and cache it.
+
+    A cache file that cannot be read or does not match ``config`` is rebuilt, never
+    trusted. Writes are atomic (temporary file, then rename), so concurrent processes
+    and interrupted runs never leave a half-written plan behind.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = folder / f"plan-{config.cache_key()}.pt"
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise ValueError("not a plan")
+            _check_state(state, config)
+            return SamplingPlan(config=config, **state)
+        except Exception as exc:  # noqa: BLE001 - an unreadable cache is rebuilt, whatever broke
+            # Corrupt, truncated or foreign file (pickle, zip and shape errors alike).
+            logger.warning("ignoring unreadable plan cache %s (%s); rebuilding", path, exc)
+    plan = build_plan(config)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(plan.to_state(), fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        logger.warning("could not cache plan at %s (%s); continuing without cache", path, exc)
+    return plan
+
+
+def regularity_report(plan: SamplingPlan) -> dict[str, float]:
+    """Mean cell-ray-to-point angle in local cell spacings, over the centre half and whole view."""
+    h, w = plan.grid_size
+    err = plan.angular_error_rad() / plan.cell_spacing_rad()[None]
+    x, y = geometry.cell_centres(h, w)
+    centre = (x.abs() <= 0.5) & (y.abs() <= 0.5)
+    return {
+        "centre_half": float(err[:, centre].mean()),
+        "whole": float(err.mean()),
+        "max": float(err.max()),
+        "mean_deg": math.degrees(float(plan.angular_error_rad().mean())),
+    }

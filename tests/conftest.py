@@ -1,0 +1,31 @@
+"""Shared test setup: one torch thread (2-core machines thrash with more) and cached plans."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spherediff_core.plan import PlanConfig, SamplingPlan, build_plan
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+_PLANS: dict[PlanConfig, SamplingPlan] = {}
+
+
+@pytest.fixture(scope="session")
+def plan_for():
+    """Build (once per session) the plan of a PlanConfig's keyword arguments."""
+
+    def get(**kwargs) -> SamplingPlan:
+        config = PlanConfig(**kwargs)
+        if config not in _PLANS:
+            _PLANS[config] = build_plan(config)
+        return _PLANS[config]
+
+    return get
