@@ -253,7 +253,7 @@ def _match_nearest_first(
 
 
 def _assign_dynamic(
-    tree: cKDTree, rays: np.ndarray, n_points: int, ring: torch.Tensor, k: int = 16
+    tree: cKDTree, rays: np.ndarray, n_points: int, ring: torch.Tensor, k: int = 8
 ) -> torch.Tensor:
     """Distinct-point assignment, centre ring outward, all views at once.
 
