@@ -1,0 +1,154 @@
+"""The contract between the sphere engine and one family of diffusers models.
+
+An adapter owns a loaded diffusers pipeline's components and knows three things the engine
+does not: how to encode a prompt, how to run its denoiser on a batch of latent view grids,
+and how to decode view latents to RGB. The sphere engine never sees a family.
+
+Sphere points hold the VAE's latents as they are (C channels, one point per latent
+pixel); families whose transformer packs 2x2 patches (FLUX, SD3) only ask for even grids
+(``grid_multiple``) and pack inside :meth:`ModelAdapter.denoise`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..denoise import DenoiserInput
+
+__all__ = ["ModelAdapter", "PromptEmbedding", "stack_conditioning"]
+
+
+@dataclass(frozen=True)
+class PromptEmbedding:
+    """One encoded prompt: named tensors, each with a leading batch dimension of 1."""
+
+    text: str
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def stack_conditioning(conds: list[PromptEmbedding], device, dtype) -> dict[str, torch.Tensor]:
+    """Concatenate per-item embeddings into batch tensors, (n, ...) each.
+
+    Items of a batch mostly share a few prompts, so each distinct prompt is moved once.
+    """
+    names = conds[0].tensors.keys()
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        cache: dict[int, torch.Tensor] = {}
+        parts = []
+        for c in conds:
+            t = cache.get(id(c))
+            if t is None:
+                t = c.tensors[name].to(device=device)
+                if t.is_floating_point():
+                    t = t.to(dtype)
+                cache[id(c)] = t
+            parts.append(t)
+        out[name] = torch.cat(parts)
+    return out
+
+
+class ModelAdapter(ABC):
+    """One model family over diffusers components.
+
+    Subclasses set the class attributes and implement the abstract methods; ``pipe`` is the
+    loaded diffusers pipeline (used for its components and its ``encode_prompt``).
+    """
+
+    family: ClassVar[str]
+    """Short family name, e.g. "sd", "sdxl", "sana", "flux", "sd3"."""
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    """``_class_name`` values in model_index.json that this adapter drives."""
+    default_steps: ClassVar[int] = 30
+    default_guidance: ClassVar[float] = 7.5
+    grid_multiple: ClassVar[int] = 1
+    """The view grid's sides must be multiples of this (2 for 2x2-patch transformers)."""
+    preferred_half: ClassVar[torch.dtype] = torch.float16
+    """The half precision 'auto' picks on a GPU (bf16 for models trained in it)."""
+    load_kwargs: ClassVar[dict[str, Any]] = {}
+    """Extra keyword arguments for the pipeline's from_pretrained."""
+
+    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    # --- what the engine needs to know -------------------------------------------------
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int:
+        """Channels of one sphere point (the VAE's latent channels)."""
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along one side."""
+        return int(self.pipe.vae_scale_factor)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        """Whether classifier-free guidance runs (guidance-distilled models embed it instead)."""
+        return guidance > 1.0
+
+    # --- prompts ------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompt(self, prompt: str) -> PromptEmbedding:
+        """Encode one prompt (also used for the negative prompt)."""
+
+    # --- timesteps ----------------------------------------------------------------------
+    def make_scheduler(self, steps: int, grid_hw: tuple[int, int]) -> Any:
+        """A fresh copy of the pipeline's scheduler with ``set_timesteps`` done."""
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    # --- denoiser -----------------------------------------------------------------------
+    @abstractmethod
+    def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:
+        """Model output for a batch of grids, (n, C, h, w) float32 on the latents' device."""
+
+    # --- decoding -----------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """View latents (n, C, h, w) -> RGB images (n, 3, h * s, w * s) float32 in [0, 1]."""
+        vae = self.pipe.vae
+        lat = latents.to(device=self.device, dtype=vae.dtype)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        lat = lat / vae.config.scaling_factor + shift
+        image = vae.decode(lat, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    # --- memory -------------------------------------------------------------------------
+    def apply_memory_options(self, cpu_offload: bool, vae_tiling: bool, vae_slicing: bool) -> None:
+        vae = self.pipe.vae
+        if vae_tiling and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+        if vae_slicing and hasattr(vae, "enable_slicing"):
+            vae.enable_slicing()
+        if cpu_offload and self.device.type != "cpu":
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            self.pipe.to(self.device)
+
+    # --- helpers for subclasses -----------------------------------------------------------
+    def expand_timestep(self, inp: DenoiserInput) -> torch.Tensor:
+        """The scalar timestep as an (n,) tensor on the model's device."""
+        t = inp.timestep.to(self.device)
+        return t.reshape(1).expand(inp.latents.shape[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "pipeline_class": type(self.pipe).__name__,
+            "latent_channels": self.latent_channels,
+            "vae_scale_factor": self.vae_scale_factor,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
+
+
+def ceil_to_multiple(value: float, multiple: int) -> int:
+    return int(math.ceil(value / multiple - 1e-9) * multiple)

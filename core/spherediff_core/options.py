@@ -1,0 +1,263 @@
+"""Generation options: one validated dataclass shared by the command, the worker and the add-on.
+
+Every bad value is refused by :meth:`GenerationOptions.validate` before any model loads,
+with an :class:`OptionsError` that names the option, the value and what is allowed.
+Options cross the process boundary as plain JSON (:meth:`to_dict` / :meth:`from_dict`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEVICES",
+    "PRECISIONS",
+    "SIZE_PRESETS",
+    "GenerationOptions",
+    "OptionsError",
+]
+
+DEFAULT_MODEL = "Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers"
+SIZE_PRESETS = {"1K": 1024, "2K": 2048, "4K": 4096, "8K": 8192}
+DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+SAMPLING_METHODS = ("dynamic", "nearest")
+MAX_WIDTH = 16384
+MAX_STEPS = 1000
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**63 - 1
+
+
+class OptionsError(ValueError):
+    """A bad option value. ``field`` names the option (as in the JSON job and the CLI)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class GenerationOptions:
+    """What to generate and how. ``None`` means "the model family's default".
+
+    Sizes: the output is an ERP image of ``width`` x ``width / 2`` pixels (``size`` picks a
+    preset: 1K, 2K, 4K, 8K). The number of sphere points and the views' latent grid follow
+    from the width and the model's VAE, unless ``n_points`` is set.
+    """
+
+    prompt: str
+    output: str = "panorama.png"
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    sky_prompt: str | None = None
+    horizon_prompt: str | None = None
+    ground_prompt: str | None = None
+    negative_prompt: str = ""
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    size: str | None = None
+    width: int = 2048
+    n_points: int | None = None
+    fov_deg: float = 80.0
+    overlap: float = 0.6
+    temperature: float = 0.1
+    sampling: str = "dynamic"
+    view_batch_size: int = 8
+    device: str = "auto"
+    precision: str = "auto"
+    cpu_offload: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    offline: bool = False
+    cache_dir: str | None = None
+
+    @property
+    def height(self) -> int:
+        return self.resolved_width // 2
+
+    @property
+    def resolved_width(self) -> int:
+        return SIZE_PRESETS[self.size] if self.size is not None else self.width
+
+    def validate(self) -> GenerationOptions:
+        """Raise OptionsError for the first bad value; return self when all are good."""
+        # Prompts
+        _check_text("prompt", self.prompt, required=True)
+        for name in ("sky_prompt", "horizon_prompt", "ground_prompt"):
+            _check_text(name, getattr(self, name), required=False)
+        _check_text("negative_prompt", self.negative_prompt, required=False, allow_empty=True)
+        # Model
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise OptionsError(
+                "model", f"{self.model!r} is empty; give a Hub id or a local model folder"
+            )
+        _check_model_source(self.model)
+        if self.revision is not None and (
+            not isinstance(self.revision, str) or not self.revision.strip()
+        ):
+            raise OptionsError("revision", f"{self.revision!r} must be a non-empty string or null")
+        # Sampling schedule
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1, MAX_STEPS)
+        if self.guidance is not None:
+            _check_float("guidance", self.guidance, 0.0, 50.0)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        # Size
+        if self.size is not None and self.size not in SIZE_PRESETS:
+            allowed = ", ".join(SIZE_PRESETS)
+            raise OptionsError("size", f"{self.size!r} is not a preset; use one of {allowed}")
+        _check_int("width", self.width, 64, MAX_WIDTH)
+        if self.width % 2:
+            raise OptionsError(
+                "width", f"{self.width} is odd; the height is width / 2, so use an even width"
+            )
+        if self.n_points is not None:
+            _check_int("n_points", self.n_points, 100, 2_000_000)
+        # Advanced
+        _check_float("fov_deg", self.fov_deg, 30.0, 120.0)
+        _check_float("overlap", self.overlap, 0.0, 0.9)
+        _check_float("temperature", self.temperature, 0.01, 10.0)
+        if self.sampling not in SAMPLING_METHODS:
+            raise OptionsError(
+                "sampling",
+                f"{self.sampling!r} is unknown; use one of {', '.join(SAMPLING_METHODS)}",
+            )
+        _check_int("view_batch_size", self.view_batch_size, 1, 256)
+        if self.device not in DEVICES and not _is_indexed_cuda(self.device):
+            raise OptionsError(
+                "device", f"{self.device!r} is unknown; use one of {', '.join(DEVICES)} or cuda:N"
+            )
+        if self.precision not in PRECISIONS:
+            raise OptionsError(
+                "precision", f"{self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
+            )
+        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionsError(name, f"{getattr(self, name)!r} must be true or false")
+        # Files
+        _check_output(self.output)
+        if self.cache_dir is not None:
+            _check_writable_dir("cache_dir", self.cache_dir)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationOptions:
+        """Build from plain JSON data; unknown keys are refused (a typo must not be ignored)."""
+        if not isinstance(data, dict):
+            raise OptionsError("options", f"expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionsError(
+                unknown[0], f"unknown option; known options are {', '.join(sorted(known))}"
+            )
+        if "prompt" not in data:
+            raise OptionsError("prompt", "missing; every job needs a prompt")
+        return cls(**data)
+
+
+def _check_text(name: str, value: Any, *, required: bool, allow_empty: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        raise OptionsError(name, f"{value!r} must be text")
+    if not value.strip() and not allow_empty:
+        hint = "write what the panorama should show" if required else "leave it unset instead"
+        raise OptionsError(name, f"{value!r} is empty; {hint}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise OptionsError(
+            name, f"is {len(value)} characters long; keep it under {MAX_PROMPT_CHARS}"
+        )
+    if "\x00" in value:
+        raise OptionsError(name, "contains a NUL character")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionsError(name, f"{value!r} must be a whole number between {lo} and {hi}")
+    if not lo <= value <= hi:
+        raise OptionsError(name, f"{value} is out of range; use {lo} to {hi}")
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionsError(name, f"{value!r} must be a number between {lo:g} and {hi:g}")
+    if not math.isfinite(value):
+        raise OptionsError(name, f"{value!r} is not a finite number; use {lo:g} to {hi:g}")
+    if not lo <= value <= hi:
+        raise OptionsError(name, f"{value:g} is out of range; use {lo:g} to {hi:g}")
+
+
+def _is_indexed_cuda(device: Any) -> bool:
+    if not isinstance(device, str) or not device.startswith("cuda:"):
+        return False
+    return device[5:].isdigit()
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are 'owner/name'; anything else with path syntax is meant as a folder."""
+    return (
+        model.startswith((".", "/", "~", "\\"))
+        or "\\" in model
+        or model.count("/") > 1
+        or (len(model) > 1 and model[1] == ":")
+    )
+
+
+def _check_model_source(model: str) -> None:
+    """A local folder must exist and hold model_index.json; a Hub id must look like one."""
+    path = Path(model).expanduser()
+    if path.exists() or _looks_like_path(model):
+        if not path.is_dir():
+            raise OptionsError(
+                "model", f"{model!r} is not a folder; give a diffusers model folder or a Hub id"
+            )
+        if not (path / "model_index.json").is_file():
+            raise OptionsError(
+                "model",
+                f"{model!r} has no model_index.json; point at a diffusers pipeline folder "
+                "(the one saved with save_pretrained)",
+            )
+        if not os.access(path / "model_index.json", os.R_OK):
+            raise OptionsError("model", f"{model!r} is not readable; check its permissions")
+        return
+    parts = model.split("/")
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in model):
+        raise OptionsError(
+            "model",
+            f"{model!r} is neither an existing folder nor a Hub id like 'owner/name'",
+        )
+
+
+def _check_output(output: Any) -> None:
+    if not isinstance(output, str) or not output.strip():
+        raise OptionsError("output", f"{output!r} is empty; give the PNG file to write")
+    path = Path(output).expanduser()
+    if path.suffix.lower() != ".png":
+        raise OptionsError("output", f"{output!r} must end in .png")
+    if path.is_dir():
+        raise OptionsError("output", f"{output!r} is a folder; give a file name ending in .png")
+    _check_writable_dir("output", str(path.parent if str(path.parent) else "."), create_ok=True)
+
+
+def _check_writable_dir(name: str, folder: str, create_ok: bool = True) -> None:
+    path = Path(folder).expanduser()
+    probe = path
+    # The folder may not exist yet: its nearest existing ancestor must be a writable folder.
+    while not probe.exists():
+        if probe.parent == probe or not create_ok:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OptionsError(name, f"{folder!r} cannot be created: {str(probe)!r} is a file")
+    if not probe.exists() or not os.access(probe, os.W_OK):
+        raise OptionsError(name, f"{folder!r} is not writable; choose a folder you can write to")
