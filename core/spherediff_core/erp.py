@@ -46,14 +46,25 @@ def views_to_erp(
     weight = torch.zeros(height * width, dtype=torch.float32, device=device)
     frames32 = frames.to(device=device, dtype=torch.float32)
     lat_views = torch.asin(frames[:, 2, 2].clamp(-1.0, 1.0))
+    lon_views = torch.atan2(frames[:, 2, 1], frames[:, 2, 0])
+    col_lon = (0.5 - (torch.arange(width, dtype=torch.float64) + 0.5) / width) * 2.0 * math.pi
     for v in range(n_views):
-        # Only rows whose latitude can be within the view's cone are projected.
+        # Only pixels whose direction can be inside the view's cone (a spherical cap of
+        # radius half_diag) are projected: a band of rows and, when the cap holds no pole,
+        # the columns within its longitude half-width asin(sin(radius) / cos(lat)).
         lat_v = float(lat_views[v])
         rows = torch.nonzero((row_lat - lat_v).abs() <= half_diag + 1e-6).squeeze(1)
         if rows.numel() == 0:
             continue
         r0, r1 = int(rows.min()), int(rows.max()) + 1
-        band = dirs[r0:r1].reshape(-1, 3)
+        if abs(lat_v) + half_diag < math.pi / 2 - 1e-6:
+            half_lon = math.asin(min(1.0, math.sin(half_diag) / math.cos(lat_v)))
+            dlon = torch.remainder(col_lon - float(lon_views[v]) + math.pi, 2 * math.pi) - math.pi
+            cols = torch.nonzero(dlon.abs() <= half_lon + 2 * math.pi / width).squeeze(1)
+        else:
+            cols = torch.arange(width)
+        band_dirs = dirs[r0:r1][:, cols.to(device)]  # (rows, cols, 3)
+        band = band_dirs.reshape(-1, 3)
         cam = band @ frames32[v].t()  # (P, 3): right, up, forward components
         depth = cam[:, 2]
         front = depth > 1e-6
@@ -73,7 +84,8 @@ def views_to_erp(
             align_corners=False,
         ).reshape(channels, -1)
         wts = torch.exp(-torch.hypot(xs, ys) / temperature)
-        pix = sel + r0 * width
+        n_cols = cols.numel()
+        pix = (sel // n_cols + r0) * width + cols.to(device)[sel % n_cols]
         numerator.index_add_(1, pix, samples * wts)
         weight.index_add_(0, pix, wts)
     seen = weight > 0

@@ -31,7 +31,13 @@ from .denoise import (
     sphere_denoise,
 )
 from .erp import views_to_erp
-from .errors import CancelledError, ModelNotFoundError, OutOfMemoryError, UnsupportedModelError
+from .errors import (
+    BadInputError,
+    CancelledError,
+    ModelNotFoundError,
+    OutOfMemoryError,
+    UnsupportedModelError,
+)
 from .fusion import gather_views
 from .options import GenerationOptions
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
@@ -40,6 +46,7 @@ __all__ = [
     "GenerationResult",
     "Progress",
     "SphereDiffPipeline",
+    "check_grid_limit",
     "plan_config_for",
     "resolve_device",
     "route_prompts",
@@ -140,6 +147,33 @@ def plan_config_for(
         grid_width=side,
         method=options.sampling,
         temperature=options.temperature,
+    )
+
+
+def check_grid_limit(config: PlanConfig, options: GenerationOptions, adapter: ModelAdapter) -> None:
+    """Refuse a view grid larger than the model's denoiser accepts (e.g. SD3's position
+    embedding), naming the limit and the largest width that fits."""
+    limit = adapter.grid_limit()
+    if limit is None:
+        return
+    max_side, why = limit
+    h, w = config.grid_size
+    if max(h, w) <= max_side:
+        return
+    fits = max_side - max_side % adapter.grid_multiple
+    # plan_config_for's side is width * tan(fov / 2) / pi / vae_scale_factor, rounded up.
+    tan_half = math.tan(math.radians(options.fov_deg) / 2)
+    max_width = int(fits * adapter.vae_scale_factor * math.pi / tan_half) // 2 * 2
+    if options.n_points is not None:
+        hint = "use fewer n_points (or a narrower fov_deg)"
+    else:
+        hint = (
+            f"choose a smaller size: a width of at most {max_width} px "
+            f"at fov_deg {options.fov_deg:g}"
+        )
+    raise BadInputError(
+        f"the views would need a {h} x {w} latent grid, but this {adapter.family} model takes at "
+        f"most {max_side} x {max_side} ({why}); {hint}"
     )
 
 
@@ -302,6 +336,7 @@ class SphereDiffPipeline:
         # 2. Sampling plan (cached on disk)
         t0 = time.perf_counter()
         config = plan_config_for(options, adapter.vae_scale_factor, adapter.grid_multiple)
+        check_grid_limit(config, options, adapter)
         plan = load_or_build_plan(config, self.plan_cache_dir)
         timings["plan"] = time.perf_counter() - t0
 
