@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from .base import ModelAdapter, PromptEmbedding
+from .flux import FluxAdapter
+from .sana import SanaAdapter
 from .sd import StableDiffusionAdapter
+from .sd3 import StableDiffusion3Adapter
+from .sdxl import StableDiffusionXLAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (StableDiffusionAdapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (
+    SanaAdapter,
+    StableDiffusionAdapter,
+    StableDiffusionXLAdapter,
+    FluxAdapter,
+    StableDiffusion3Adapter,
+)
 
 __all__ = [
     "ADAPTERS",
+    "FluxAdapter",
     "ModelAdapter",
     "PromptEmbedding",
+    "SanaAdapter",
+    "StableDiffusion3Adapter",
+    "StableDiffusionAdapter",
+    "StableDiffusionXLAdapter",
     "adapter_for_class",
     "supported_families_text",
 ]

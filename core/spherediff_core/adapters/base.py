@@ -90,6 +90,13 @@ class ModelAdapter(ABC):
         """Pixels per latent along one side."""
         return int(self.pipe.vae_scale_factor)
 
+    def grid_limit(self) -> tuple[int, str] | None:
+        """The largest view grid side (latents) the denoiser accepts and why; None: no limit.
+
+        The pipeline refuses a larger grid before it builds any plan.
+        """
+        return None
+
     def uses_cfg(self, guidance: float) -> bool:
         """Whether classifier-free guidance runs (guidance-distilled models embed it instead)."""
         return guidance > 1.0

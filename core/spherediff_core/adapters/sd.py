@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
 from ..denoise import DenoiserInput
@@ -14,7 +16,10 @@ class StableDiffusionAdapter(ModelAdapter):
     default_steps = 30
     default_guidance = 7.5
     # The panorama never goes through the NSFW checker's image path; don't load it.
-    load_kwargs = {"safety_checker": None, "requires_safety_checker": False}
+    load_kwargs: ClassVar[dict[str, Any]] = {
+        "safety_checker": None,
+        "requires_safety_checker": False,
+    }
 
     @property
     def latent_channels(self) -> int:

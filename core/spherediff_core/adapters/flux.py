@@ -1,0 +1,120 @@
+"""FLUX.1 dev and schnell (MMDiT over 2x2-packed latents, CLIP pooled + T5, distilled guidance).
+
+The sphere holds the VAE's raw 16-channel latents; a view's grid (even sides) is packed into
+FLUX's sequence of 2x2 patches only for the transformer call and unpacked after it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..denoise import DenoiserInput
+from .base import ModelAdapter, PromptEmbedding, stack_conditioning
+
+
+def calculate_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """The resolution-dependent timestep shift ``mu`` (FluxPipeline's calculate_shift)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    b = base_shift - m * base_seq_len
+    return image_seq_len * m + b
+
+
+class FluxAdapter(ModelAdapter):
+    family = "flux"
+    pipeline_classes = ("FluxPipeline",)
+    # FLUX.1-dev's defaults; a model without a guidance embedding (schnell) gets 4 and 0.
+    default_steps = 28
+    default_guidance = 3.5
+    grid_multiple = 2
+    preferred_half = torch.bfloat16
+    schnell_steps: ClassVar[int] = 4
+    schnell_guidance: ClassVar[float] = 0.0
+
+    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(pipe, device, dtype)
+        self.guidance_embeds = bool(pipe.transformer.config.guidance_embeds)
+        if not self.guidance_embeds:
+            # Timestep-distilled (schnell): few steps, no guidance at all.
+            self.default_steps = self.schnell_steps
+            self.default_guidance = self.schnell_guidance
+        # T5 tokens per prompt: schnell was trained with 256, dev with 512.
+        self.max_sequence_length = 512 if self.guidance_embeds else 256
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.pipe.transformer.config.in_channels) // 4
+
+    def uses_cfg(self, guidance: float) -> bool:
+        # Guidance-distilled: the scale goes into the transformer's guidance embedding.
+        return False
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> PromptEmbedding:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompt,
+            prompt_2=None,
+            device=self.device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return PromptEmbedding(
+            prompt, {"encoder_hidden_states": embeds.cpu(), "pooled_projections": pooled.cpu()}
+        )
+
+    def make_scheduler(self, steps: int, grid_hw: tuple[int, int]) -> Any:
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        config = scheduler.config
+        image_seq_len = (grid_hw[0] // 2) * (grid_hw[1] // 2)
+        mu = calculate_shift(
+            image_seq_len,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        kwargs: dict[str, Any] = {"mu": mu}
+        if not config.get("use_flow_sigmas", False):
+            kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+        scheduler.set_timesteps(steps, device=self.device, **kwargs)
+        return scheduler
+
+    @torch.no_grad()
+    def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:
+        pipe = self.pipe
+        transformer = pipe.transformer
+        dtype = transformer.dtype
+        n, c, h, w = inp.latents.shape
+        cond = stack_conditioning(inp.conditioning, self.device, dtype)
+        latents = inp.latents.to(device=self.device, dtype=dtype)
+        packed = pipe._pack_latents(latents, n, c, h, w)
+        img_ids = pipe._prepare_latent_image_ids(n, h // 2, w // 2, self.device, dtype)
+        txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, device=self.device)
+        txt_ids = txt_ids.to(dtype)
+        guidance_t = None
+        if self.guidance_embeds:
+            guidance_t = torch.full((n,), float(guidance), device=self.device, dtype=torch.float32)
+        timestep = self.expand_timestep(inp).to(dtype) / 1000
+        out = transformer(
+            hidden_states=packed,
+            timestep=timestep,
+            guidance=guidance_t,
+            pooled_projections=cond["pooled_projections"],
+            encoder_hidden_states=cond["encoder_hidden_states"],
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        # _unpack_latents takes pixel sizes: the grid times the VAE factor.
+        s = self.vae_scale_factor
+        out = pipe._unpack_latents(out, h * s, w * s, s)
+        return out.float().to(inp.latents.device)

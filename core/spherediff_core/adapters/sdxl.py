@@ -1,0 +1,105 @@
+"""Stable Diffusion XL (UNet, two CLIP text encoders, pooled and size conditioning)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..denoise import DenoiserInput
+from .base import ModelAdapter, PromptEmbedding, stack_conditioning
+
+
+class StableDiffusionXLAdapter(ModelAdapter):
+    family = "sdxl"
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+    default_steps = 30
+    default_guidance = 5.0
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.pipe.unet.config.in_channels)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        # A UNet with a guidance embedding (LCM-distilled) takes the scale as an input instead.
+        return guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> PromptEmbedding:
+        pipe = self.pipe
+        if not prompt.strip() and pipe.config.get("force_zeros_for_empty_prompt", False):
+            # SDXL's pipeline makes an unset negative prompt all zeros (embeddings and pooled),
+            # not the encoding of "": the base model was trained that way.
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                "x", device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+        else:
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompt,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )
+        return PromptEmbedding(
+            prompt, {"encoder_hidden_states": embeds.cpu(), "text_embeds": pooled.cpu()}
+        )
+
+    def _time_ids(self, n: int, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        """Micro-conditioning: original size, crop (0, 0), target size = the view's pixels."""
+        s = self.vae_scale_factor
+        size = (h * s, w * s)
+        pooled_dim = (
+            self.pipe.text_encoder_2.config.projection_dim
+            if self.pipe.text_encoder_2 is not None
+            else None
+        )
+        if pooled_dim is None:
+            ids = torch.tensor([[*size, 0, 0, *size]], dtype=dtype)
+        else:
+            ids = self.pipe._get_add_time_ids(
+                size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=pooled_dim
+            )
+        return ids.to(self.device).repeat(n, 1)
+
+    @torch.no_grad()
+    def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:
+        unet = self.pipe.unet
+        n, _, h, w = inp.latents.shape
+        cond = stack_conditioning(inp.conditioning, self.device, unet.dtype)
+        added = {
+            "text_embeds": cond["text_embeds"],
+            "time_ids": self._time_ids(n, h, w, unet.dtype),
+        }
+        timestep_cond = None
+        if unet.config.time_cond_proj_dim is not None:
+            w_embed = torch.tensor(guidance - 1.0).repeat(n)
+            timestep_cond = self.pipe.get_guidance_scale_embedding(
+                w_embed, embedding_dim=unet.config.time_cond_proj_dim
+            ).to(device=self.device, dtype=unet.dtype)
+        out = unet(
+            inp.latents.to(device=self.device, dtype=unet.dtype),
+            self.expand_timestep(inp),
+            encoder_hidden_states=cond["encoder_hidden_states"],
+            timestep_cond=timestep_cond,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
+        return out.float().to(inp.latents.device)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        # SDXL's VAE overflows in float16 (force_upcast): decode in float32, as diffusers does.
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            vae.to(torch.float32)
+        lat = latents.to(device=self.device, dtype=vae.dtype)
+        mean = vae.config.get("latents_mean")
+        std = vae.config.get("latents_std")
+        if mean is not None and std is not None:
+            c = lat.shape[1]
+            mean_t = torch.tensor(mean, dtype=lat.dtype, device=lat.device).view(1, c, 1, 1)
+            std_t = torch.tensor(std, dtype=lat.dtype, device=lat.device).view(1, c, 1, 1)
+            lat = lat * std_t / vae.config.scaling_factor + mean_t
+        else:
+            lat = lat / vae.config.scaling_factor
+        image = vae.decode(lat, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
