@@ -29,3 +29,24 @@ def plan_for():
         return _PLANS[config]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory):
+    """A tiny random-weight Stable Diffusion 1.5 pipeline folder, built once per session."""
+    from tests.support.tiny_pipelines import build_tiny_pipeline
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_tiny_pipeline("sd15", tmp_path_factory.mktemp("models") / "sd15")
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def engine_env(tmp_path_factory):
+    """Environment for engine subprocesses: PYTHONPATH=<repo>/core, 1 thread, offline."""
+    from tests.support.engine_process import engine_env as make_env
+
+    return make_env(tmp_path_factory.mktemp("engine-cache"))

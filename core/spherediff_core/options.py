@@ -91,12 +91,13 @@ class GenerationOptions:
         _check_text("prompt", self.prompt, required=True)
         for name in ("sky_prompt", "horizon_prompt", "ground_prompt"):
             _check_text(name, getattr(self, name), required=False)
-        _check_text("negative_prompt", self.negative_prompt, required=False, allow_empty=True)
+        _check_text("negative_prompt", self.negative_prompt, required=True, allow_empty=True)
         # Model
         if not isinstance(self.model, str) or not self.model.strip():
             raise OptionsError(
                 "model", f"{self.model!r} is empty; give a Hub id or a local model folder"
             )
+        _check_no_nul("model", self.model)
         _check_model_source(self.model)
         if self.revision is not None and (
             not isinstance(self.revision, str) or not self.revision.strip()
@@ -109,7 +110,9 @@ class GenerationOptions:
             _check_float("guidance", self.guidance, 0.0, 50.0)
         _check_int("seed", self.seed, 0, MAX_SEED)
         # Size
-        if self.size is not None and self.size not in SIZE_PRESETS:
+        if self.size is not None and (
+            not isinstance(self.size, str) or self.size not in SIZE_PRESETS
+        ):
             allowed = ", ".join(SIZE_PRESETS)
             raise OptionsError("size", f"{self.size!r} is not a preset; use one of {allowed}")
         _check_int("width", self.width, 64, MAX_WIDTH)
@@ -123,17 +126,19 @@ class GenerationOptions:
         _check_float("fov_deg", self.fov_deg, 30.0, 120.0)
         _check_float("overlap", self.overlap, 0.0, 0.9)
         _check_float("temperature", self.temperature, 0.01, 10.0)
-        if self.sampling not in SAMPLING_METHODS:
+        if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise OptionsError(
                 "sampling",
                 f"{self.sampling!r} is unknown; use one of {', '.join(SAMPLING_METHODS)}",
             )
         _check_int("view_batch_size", self.view_batch_size, 1, 256)
-        if self.device not in DEVICES and not _is_indexed_cuda(self.device):
+        if not isinstance(self.device, str) or (
+            self.device not in DEVICES and not _is_indexed_cuda(self.device)
+        ):
             raise OptionsError(
                 "device", f"{self.device!r} is unknown; use one of {', '.join(DEVICES)} or cuda:N"
             )
-        if self.precision not in PRECISIONS:
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise OptionsError(
                 "precision", f"{self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
             )
@@ -143,6 +148,9 @@ class GenerationOptions:
         # Files
         _check_output(self.output)
         if self.cache_dir is not None:
+            if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
+                raise OptionsError("cache_dir", f"{self.cache_dir!r} must be a folder path or null")
+            _check_no_nul("cache_dir", self.cache_dir)
             _check_writable_dir("cache_dir", self.cache_dir)
         return self
 
@@ -179,6 +187,11 @@ def _check_text(name: str, value: Any, *, required: bool, allow_empty: bool = Fa
         )
     if "\x00" in value:
         raise OptionsError(name, "contains a NUL character")
+
+
+def _check_no_nul(name: str, value: str) -> None:
+    if "\x00" in value:
+        raise OptionsError(name, f"{value!r} contains a NUL character")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
@@ -241,6 +254,7 @@ def _check_model_source(model: str) -> None:
 def _check_output(output: Any) -> None:
     if not isinstance(output, str) or not output.strip():
         raise OptionsError("output", f"{output!r} is empty; give the PNG file to write")
+    _check_no_nul("output", output)
     path = Path(output).expanduser()
     if path.suffix.lower() != ".png":
         raise OptionsError("output", f"{output!r} must end in .png")

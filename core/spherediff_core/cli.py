@@ -1,0 +1,357 @@
+"""The ``spherediff`` command: generate a panorama, run the worker, print the version.
+
+    spherediff generate --prompt "a misty pine forest at dawn" --size 2K --out forest.png
+    spherediff worker [--job JOB.json] [--hello]
+    spherediff --version
+
+Every option is checked before any model loads. Progress goes to standard error (a
+redrawn bar on a terminal, a plain line now and then otherwise); the one-line summary
+goes to standard output. Ctrl-C cancels at the next view batch and leaves no partial
+file (a second Ctrl-C stops at once, also cleanly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import MISSING, fields
+from typing import IO, Any
+
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_INTERNAL,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+)
+from .options import (
+    DEFAULT_MODEL,
+    DEVICES,
+    PRECISIONS,
+    SAMPLING_METHODS,
+    SIZE_PRESETS,
+    GenerationOptions,
+)
+
+__all__ = ["EXIT_CODES_HELP", "ProgressPrinter", "build_parser", "main"]
+
+EXIT_CODES_HELP = f"""\
+exit codes:
+  {EXIT_OK:<4} success: the PNG and its .json sidecar were written
+  {EXIT_INTERNAL:<4} internal error (a bug; run with --verbose for the traceback)
+  {EXIT_BAD_INPUT:<4} bad input: an option is invalid; nothing was loaded or written
+  {EXIT_MODEL:<4} model not found (not a local folder, not cached, Hub unreachable), or a
+       model family SphereDiff cannot drive
+  {EXIT_OUT_OF_MEMORY:<4} out of memory: lower --view-batch-size, add --cpu-offload and
+       --vae-tiling, or choose a smaller --size
+  {EXIT_CANCELLED:<4} cancelled (Ctrl-C, SIGTERM); partial outputs were removed
+"""
+
+# (field, flags, argparse keyword arguments); every GenerationOptions field appears once.
+_OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
+    ("prompt", ("--prompt", "-p"), {"required": True, "help": "what the panorama shows"}),
+    ("sky_prompt", ("--sky-prompt",), {"help": "prompt of the views above the horizon"}),
+    ("horizon_prompt", ("--horizon-prompt",), {"help": "prompt of the views on the horizon"}),
+    ("ground_prompt", ("--ground-prompt",), {"help": "prompt of the views below the horizon"}),
+    ("negative_prompt", ("--negative-prompt",), {"help": "what to steer away from"}),
+    (
+        "model",
+        ("--model", "-m"),
+        {"help": f"a local diffusers model folder or a Hub id (default: {DEFAULT_MODEL})"},
+    ),
+    ("revision", ("--revision",), {"help": "Hub revision (branch, tag or commit)"}),
+    ("steps", ("--steps",), {"type": int, "help": "denoising steps (default: the model's)"}),
+    (
+        "guidance",
+        ("--guidance",),
+        {"type": float, "help": "guidance scale (default: the model's)"},
+    ),
+    ("seed", ("--seed",), {"type": int, "help": "random seed (default: 0)"}),
+    (
+        "size",
+        ("--size",),
+        {"choices": list(SIZE_PRESETS), "help": "width preset; overrides --width"},
+    ),
+    ("width", ("--width",), {"type": int, "help": "ERP width in pixels, even (default: 2048)"}),
+    (
+        "n_points",
+        ("--n-points",),
+        {"type": int, "help": "sphere points (default: from the width)"},
+    ),
+    ("fov_deg", ("--fov-deg",), {"type": float, "help": "view field of view (default: 80)"}),
+    ("overlap", ("--overlap",), {"type": float, "help": "view overlap 0..0.9 (default: 0.6)"}),
+    (
+        "temperature",
+        ("--temperature",),
+        {"type": float, "help": "blend temperature (default: 0.1)"},
+    ),
+    (
+        "sampling",
+        ("--sampling",),
+        {"choices": list(SAMPLING_METHODS), "help": "view sampling (default: dynamic)"},
+    ),
+    (
+        "view_batch_size",
+        ("--view-batch-size",),
+        {"type": int, "help": "views per denoiser call (default: 8); lower it to save memory"},
+    ),
+    (
+        "device",
+        ("--device",),
+        {"help": f"{', '.join(DEVICES)} or cuda:N (default: auto)"},
+    ),
+    (
+        "precision",
+        ("--precision",),
+        {"choices": list(PRECISIONS), "help": "weights' precision (default: auto)"},
+    ),
+    ("cpu_offload", ("--cpu-offload",), {"help": "keep idle model parts in RAM"}),
+    ("vae_tiling", ("--vae-tiling",), {"help": "decode in tiles (less memory)"}),
+    ("vae_slicing", ("--vae-slicing",), {"help": "decode one view at a time"}),
+    ("offline", ("--offline",), {"help": "never contact the Hugging Face Hub"}),
+    ("cache_dir", ("--cache-dir",), {"help": "Hugging Face cache folder"}),
+    (
+        "output",
+        ("--out", "--output", "-o"),
+        {"help": "the PNG to write; its .json sidecar goes next to it (default: panorama.png)"},
+    ),
+]
+
+
+class ProgressPrinter:
+    """Progress on standard error: a redrawn bar on a terminal, plain lines otherwise."""
+
+    BAR = 24
+
+    def __init__(self, stream: IO[str], tty: bool | None = None, quiet: bool = False) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.quiet = quiet
+        self._phase = ""
+        self._last = 0.0
+        self._last_fraction = -1.0
+        self._width = 0
+
+    def __call__(self, p: Any) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        new_phase = p.phase != self._phase
+        done = p.total > 0 and p.step >= p.total
+        fraction = p.step / p.total if p.total else 0.0
+        if self.tty:
+            if not (new_phase or done or now - self._last >= 0.1):
+                return
+            if new_phase and self._phase:
+                self._newline()
+            line = self._bar_line(p, fraction)
+            pad = max(0, self._width - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self._width = len(line)
+        else:
+            # A line at each phase change and end, else every 10 % or 15 s.
+            if not (
+                new_phase or done or fraction - self._last_fraction >= 0.1 or now - self._last >= 15
+            ):
+                return
+            self.stream.write(self._plain_line(p, fraction) + "\n")
+            self._last_fraction = fraction
+        self.stream.flush()
+        self._phase = p.phase
+        self._last = now
+
+    def close(self) -> None:
+        if self.tty and self._width:
+            self._newline()
+
+    def _newline(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+        self._width = 0
+
+    def _bar_line(self, p: Any, fraction: float) -> str:
+        filled = round(self.BAR * min(1.0, fraction))
+        bar = "#" * filled + "-" * (self.BAR - filled)
+        eta = f"  ETA {_clock(p.eta_s)}" if p.eta_s is not None else ""
+        msg = f"  {p.message}" if p.message else ""
+        return f"{p.phase:<7} [{bar}] {p.step}/{p.total} {fraction:4.0%}{eta}{msg}"
+
+    def _plain_line(self, p: Any, fraction: float) -> str:
+        eta = f", ETA {_clock(p.eta_s)}" if p.eta_s is not None else ""
+        msg = f" ({p.message})" if p.message else ""
+        return f"spherediff: {p.phase} {p.step}/{p.total} {fraction:.0%}{eta}{msg}"
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _version_text() -> str:
+    from .runner import package_versions
+
+    v = package_versions()
+    return (
+        f"spherediff {v['spherediff']} (python {v['python']}, torch {v['torch']}, "
+        f"diffusers {v['diffusers']}, transformers {v['transformers']})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="spherediff",
+        description="SphereDiff: seamless 360-degree panoramas from stock diffusion models.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the versions and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate an equirectangular panorama PNG (+ .json sidecar)",
+        description=(
+            "Generate a 360-degree equirectangular panorama (width x width/2) and write it as "
+            "an 8-bit sRGB PNG with its parameters in a .json sidecar next to it."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    known = {f.name for f in fields(GenerationOptions)}
+    covered = {name for name, _, _ in _OPTION_SPECS}
+    assert known == covered, f"CLI options out of sync with GenerationOptions: {known ^ covered}"
+    defaults = {f.name: f.default for f in fields(GenerationOptions) if f.default is not MISSING}
+    for name, flags, kwargs in _OPTION_SPECS:
+        extra: dict[str, Any] = {"dest": name}
+        if isinstance(defaults.get(name), bool):
+            extra["action"] = argparse.BooleanOptionalAction
+        extra.setdefault("default", None)  # None = not given: the dataclass default applies
+        gen.add_argument(*flags, **kwargs, **extra)
+    gen.add_argument(
+        "--plan-cache-dir",
+        metavar="DIR",
+        help="where sampling plans are cached (default: $SPHEREDIFF_CACHE_DIR/plans or the "
+        "user cache folder)",
+    )
+    gen.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    gen.add_argument(
+        "--verbose", "-v", action="store_true", help="library logs and tracebacks on errors"
+    )
+
+    wrk = sub.add_parser(
+        "worker",
+        help="run the engine worker (JSON-lines protocol, used by the Blender add-on)",
+        description="Same as python -m spherediff_core.worker; see docs/worker-protocol.md.",
+    )
+    wrk.add_argument("--job", metavar="FILE", help="read the job from FILE (default: stdin)")
+    wrk.add_argument("--hello", action="store_true", help="print the hello event and exit")
+    return parser
+
+
+def _options_from_args(args: argparse.Namespace) -> GenerationOptions:
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(GenerationOptions)
+        if getattr(args, f.name) is not None
+    }
+    return GenerationOptions(**given)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .runner import (
+        CancelToken,
+        apply_thread_setting,
+        check_options,
+        describe_error,
+        generate,
+        install_cancel_signals,
+        prepare_environment,
+    )
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="spherediff: %(levelname)s: %(message)s",
+    )
+    err = sys.stderr
+    token = CancelToken()
+    try:
+        options = check_options(_options_from_args(args))
+    except Exception as exc:  # noqa: BLE001 - every failure is reported by describe_error
+        report = describe_error(exc)
+        err.write(f"spherediff: error: {report.message}\n")
+        return report.exit_code
+
+    def on_signal(name: str) -> None:
+        err.write(f"\nspherediff: {name}: cancelling (press Ctrl-C again to stop at once)\n")
+        err.flush()
+
+    install_cancel_signals(token, on_first=on_signal)
+    prepare_environment(options.offline)
+    progress = ProgressPrinter(err, quiet=args.quiet)
+    try:
+        apply_thread_setting()
+        outcome = generate(
+            options,
+            on_progress=progress,
+            should_cancel=token,
+            plan_cache_dir=args.plan_cache_dir,
+        )
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        progress.close()
+        report = describe_error(exc, token.reason)
+        if args.verbose or report.code == "internal":
+            err.write(report.traceback)
+        err.write(f"spherediff: {'' if report.code == 'cancelled' else 'error: '}")
+        err.write(f"{report.message}\n")
+        return report.exit_code
+    progress.close()
+    print(
+        f"wrote {outcome.image} ({outcome.width}x{outcome.height}) in {outcome.seconds:.1f} s, "
+        f"seed {outcome.seed}; parameters in {outcome.sidecar.name}",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``spherediff``'s entry point; returns the exit code.
+
+    Called without ``argv`` (as the program), it also prepares a quick interpreter exit.
+    """
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        from .runner import prepare_exit
+
+        prepare_exit()
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "worker":
+        from .worker import main as worker_main
+
+        return worker_main(argv[1:], prog="spherediff worker")
+    parser = build_parser()
+    args = parser.parse_args(argv)  # bad syntax: argparse exits with 2 (bad input)
+    if args.version:
+        print(_version_text())
+        return EXIT_OK
+    if args.command == "generate":
+        return _generate(args)
+    parser.print_help(sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,461 @@
+"""One generation from options to files, shared by ``spherediff generate`` and the worker.
+
+Everything here is import-light: torch, diffusers and transformers are imported inside the
+functions, after :func:`prepare_environment` has set the Hugging Face switches (offline
+mode, no progress bars) that those libraries read once at import time.
+
+The flow of :func:`generate`: check the model folder's family (no heavy import), load the
+pipeline (phase ``load``), run it (phases ``denoise`` and ``decode``, reported by the
+pipeline), write the PNG and its sidecar atomically (phase ``write``). A cancel request
+(``should_cancel`` returning True) is honoured between phases and, inside the pipeline,
+before every view batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CANCELLED,
+    EXIT_INTERNAL,
+    EXIT_OUT_OF_MEMORY,
+    BadInputError,
+    CancelledError,
+    SphereDiffError,
+    UnsupportedModelError,
+)
+from .options import GenerationOptions, OptionsError
+
+__all__ = [
+    "THREADS_ENV",
+    "CancelToken",
+    "ErrorReport",
+    "Outcome",
+    "ProgressEvent",
+    "apply_thread_setting",
+    "check_options",
+    "describe_error",
+    "device_summary",
+    "generate",
+    "install_cancel_signals",
+    "package_versions",
+    "precheck_model",
+    "prepare_environment",
+    "prepare_exit",
+    "spherediff_version",
+]
+
+logger = logging.getLogger(__name__)
+
+THREADS_ENV = "SPHEREDIFF_TORCH_THREADS"
+"""Environment variable: torch.set_num_threads(value) before any work."""
+
+
+# --------------------------------------------------------------------------------------
+# Versions and devices
+# --------------------------------------------------------------------------------------
+
+
+def prepare_exit() -> None:
+    """Make the interpreter's exit quick: flush the streams and freeze the GC.
+
+    With torch, diffusers and transformers imported, the final garbage collection of the
+    interpreter's shutdown takes ~2 s on a small CPU; the add-on waits for the worker to
+    exit after a cancel, so that time is skipped (nothing needs finalising by then).
+    """
+    import gc
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    gc.freeze()
+
+
+def spherediff_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - broken metadata must not break hello
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that matter, from their metadata (nothing is imported).
+
+    A package that is not installed shows as None.
+    """
+    return {
+        "spherediff": spherediff_version(),
+        "python": platform.python_version(),
+        "torch": _dist_version("torch"),
+        "diffusers": _dist_version("diffusers"),
+        "transformers": _dist_version("transformers"),
+        "huggingface_hub": _dist_version("huggingface_hub"),
+        "pillow": _dist_version("pillow"),
+        "numpy": _dist_version("numpy"),
+    }
+
+
+def apply_thread_setting() -> None:
+    """torch.set_num_threads($SPHEREDIFF_TORCH_THREADS) when that variable is set."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return
+    try:
+        threads = int(value)
+        if threads < 1:
+            raise ValueError(value)
+    except ValueError:
+        logger.warning("ignoring %s=%r: expected a whole number >= 1", THREADS_ENV, value)
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def device_summary() -> tuple[str | None, list[str]]:
+    """The device 'auto' picks and the devices this PyTorch sees; (None, []) without torch."""
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - hello must report, not crash
+        logger.warning("torch cannot be imported (%s)", exc)
+        return None, []
+    apply_thread_setting()
+    devices: list[str] = []
+    best = "cpu"
+    try:
+        if torch.cuda.is_available():
+            best = "cuda"
+            for i in range(torch.cuda.device_count()):
+                devices.append(f"cuda:{i} {torch.cuda.get_device_name(i)}")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            best = "mps" if best == "cpu" else best
+            devices.append("mps")
+    except Exception as exc:  # noqa: BLE001 - a broken driver must not break hello
+        logger.warning("could not list GPUs (%s)", exc)
+    devices.append("cpu")
+    return best, devices
+
+
+# --------------------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------------------
+
+
+def prepare_environment(offline: bool) -> None:
+    """Set the Hugging Face switches; call before huggingface_hub/diffusers are imported.
+
+    ``offline`` sets HF_HUB_OFFLINE=1 (an already set HF_HUB_OFFLINE=1 is honoured too,
+    by huggingface_hub itself). Progress bars of the libraries are turned off: they would
+    garble the command's own progress line, and the worker reports progress as events.
+    """
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        if "huggingface_hub" in sys.modules:
+            # Too late for the import-time constant; the pipeline also gets offline=True.
+            logger.debug("huggingface_hub was imported before offline mode was set")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _quiet_libraries() -> None:
+    """Turn the libraries' own tqdm bars off (they honour this besides the env vars)."""
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            mod = __import__(module, fromlist=["disable_progress_bar"])
+            mod.disable_progress_bar()
+        except Exception as exc:  # noqa: BLE001 - cosmetic only
+            logger.debug("could not disable progress bars of %s (%s)", module, exc)
+
+
+# --------------------------------------------------------------------------------------
+# Cancelling
+# --------------------------------------------------------------------------------------
+
+
+class CancelToken:
+    """A thread- and signal-safe cancel flag with the reason of the first request.
+
+    Inside :meth:`interruptible` (model loading, which has no view batches to poll
+    between) a cancel also interrupts the main thread at once with KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self.interrupt_now = False
+
+    def cancel(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+        if self.interrupt_now and threading.current_thread() is not threading.main_thread():
+            import _thread
+
+            _thread.interrupt_main()  # runs the SIGINT handler, which raises (see below)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.interrupt_now = True
+        try:
+            self.check()
+            yield
+        finally:
+            self.interrupt_now = False
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    __call__ = is_set
+
+    def check(self) -> None:
+        """Raise CancelledError when cancelled."""
+        if self.is_set():
+            raise CancelledError(f"cancelled ({self.reason})")
+
+
+def install_cancel_signals(
+    token: CancelToken, on_first: Callable[[str], None] | None = None
+) -> list[str]:
+    """SIGINT, SIGTERM and (Windows) SIGBREAK request a cancel at the next view batch.
+
+    While the model loads (``token.interruptible()``), and on a second signal, the
+    handler raises KeyboardInterrupt at once; callers report that as a cancel too.
+    Returns the names of the signals handled.
+    """
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if token.is_set():  # a second request, or interrupt_main() from token.cancel
+            raise KeyboardInterrupt(name)
+        token.cancel(name)
+        if on_first is not None:
+            on_first(name)
+        if token.interrupt_now:
+            raise KeyboardInterrupt(name)
+
+    handled = []
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        try:
+            signal.signal(sig, handler)
+            handled.append(name)
+        except (OSError, ValueError, RuntimeError) as exc:  # not the main thread, say
+            logger.debug("cannot handle %s (%s)", name, exc)
+    return handled
+
+
+# --------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ErrorReport:
+    """An exception as the worker and the command report it."""
+
+    code: str
+    exit_code: int
+    message: str
+    traceback: str = ""
+
+
+def _is_torch_oom(exc: BaseException) -> bool:
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "OutOfMemoryError" and cls.__module__.startswith("torch"):
+            return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def describe_error(exc: BaseException, cancel_reason: str = "") -> ErrorReport:
+    """Map an exception to its stable code, exit code and an actionable message."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, OptionsError):
+        return ErrorReport("bad_input", EXIT_BAD_INPUT, str(exc), tb)
+    if isinstance(exc, CancelledError | KeyboardInterrupt):
+        how = f" ({cancel_reason})" if cancel_reason else ""
+        msg = f"cancelled by the user{how}; partial outputs were removed"
+        return ErrorReport("cancelled", EXIT_CANCELLED, msg, tb)
+    if isinstance(exc, SphereDiffError):
+        return ErrorReport(exc.code, exc.exit_code, str(exc), tb)
+    if _is_torch_oom(exc):
+        msg = (
+            "the device ran out of memory; lower the view batch size, turn on model CPU "
+            "offload and VAE tiling, or choose a smaller size"
+        )
+        return ErrorReport("out_of_memory", EXIT_OUT_OF_MEMORY, msg, tb)
+    if isinstance(exc, MemoryError):
+        msg = (
+            "the computer ran out of memory (RAM); close other programs, lower the view "
+            "batch size or choose a smaller size"
+        )
+        return ErrorReport("out_of_memory", EXIT_OUT_OF_MEMORY, msg, tb)
+    if isinstance(exc, ImportError):
+        name = getattr(exc, "name", None) or str(exc)
+        msg = (
+            f"a required package is missing or broken ({name}): install the engine with "
+            f"its model extras (pip install 'spherediff[models]') into {sys.executable}"
+        )
+        return ErrorReport("internal", EXIT_INTERNAL, msg, tb)
+    msg = f"internal error: {type(exc).__name__}: {exc} (please report this with the traceback)"
+    return ErrorReport("internal", EXIT_INTERNAL, msg, tb)
+
+
+# --------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProgressEvent:
+    """Progress of a generation: phase load, denoise, decode or write; step of total."""
+
+    phase: str
+    step: int
+    total: int
+    eta_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class Outcome:
+    """What :func:`generate` wrote."""
+
+    image: Path
+    sidecar: Path
+    width: int
+    height: int
+    seconds: float
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+def check_options(options: GenerationOptions) -> GenerationOptions:
+    """validate(), with anything unexpected it raises reported as bad input too."""
+    try:
+        return options.validate()
+    except OptionsError:
+        raise
+    except Exception as exc:
+        raise BadInputError(f"options: could not be checked ({type(exc).__name__}: {exc})") from exc
+
+
+def precheck_model(model: str) -> None:
+    """For a local folder: refuse a family SphereDiff cannot drive before loading anything."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return  # a Hub id; the pipeline reads its model_index.json (cache or Hub)
+    from .adapters import adapter_for_class, supported_families_text
+
+    index_path = folder / "model_index.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(
+            f"{model}: model_index.json cannot be read ({exc}); point at a diffusers "
+            f"pipeline folder of {supported_families_text()}"
+        ) from exc
+    class_name = index.get("_class_name", "") if isinstance(index, dict) else ""
+    if adapter_for_class(class_name) is None:
+        raise UnsupportedModelError(
+            f"{model} is a {class_name or 'model of unknown type'}, which SphereDiff cannot "
+            f"drive; it drives {supported_families_text()}"
+        )
+
+
+def generate(
+    options: GenerationOptions,
+    *,
+    on_progress: Callable[[ProgressEvent], None] | None = None,
+    should_cancel: CancelToken | None = None,
+    plan_cache_dir: str | Path | None = None,
+) -> Outcome:
+    """Load the model, generate, write the PNG and sidecar; raise a SphereDiffError."""
+    t_start = time.perf_counter()
+    token = should_cancel or CancelToken()
+    report = on_progress or (lambda p: None)
+    check_options(options)
+    prepare_environment(options.offline)
+    token.check()
+
+    # Load (nothing to clean up yet, so a cancel interrupts it at once)
+    report(ProgressEvent("load", 0, 1, None, f"loading {options.model}"))
+    precheck_model(options.model)
+    t0 = time.perf_counter()
+    with token.interruptible():
+        import diffusers  # noqa: F401 - imported here so its progress bars can be turned off
+
+        _quiet_libraries()
+        apply_thread_setting()
+        from .pipeline import SphereDiffPipeline
+
+        pipe = SphereDiffPipeline.from_pretrained(
+            options.model,
+            revision=options.revision,
+            device=options.device,
+            precision=options.precision,
+            offline=options.offline,
+            cache_dir=options.cache_dir,
+            cpu_offload=options.cpu_offload,
+            vae_tiling=options.vae_tiling,
+            vae_slicing=options.vae_slicing,
+            plan_cache_dir=plan_cache_dir,
+        )
+    load_s = time.perf_counter() - t0
+    report(ProgressEvent("load", 1, 1, None, "model loaded"))
+    token.check()
+
+    # Denoise and decode (the pipeline reports those phases itself)
+    def forward(p: Any) -> None:
+        report(ProgressEvent(p.phase, p.step, p.total, p.eta_s, p.message))
+
+    result = pipe(options, callback=forward, should_cancel=token)
+    token.check()
+
+    # Write
+    from .outputs import write_outputs
+
+    report(ProgressEvent("write", 0, 1, None, "writing the PNG and its sidecar"))
+    timings = {"load": load_s, **result.timings}
+    paths = write_outputs(result, options.output, timings=timings)
+    seconds = time.perf_counter() - t_start
+    report(ProgressEvent("write", 1, 1, None, f"wrote {paths.image.name}"))
+    return Outcome(
+        image=paths.image,
+        sidecar=paths.sidecar,
+        width=int(result.image.shape[-1]),
+        height=int(result.image.shape[-2]),
+        seconds=seconds,
+        seed=result.options.seed,
+        timings=timings,
+        model=dict(result.model),
+    )
