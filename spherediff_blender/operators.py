@@ -1,0 +1,644 @@
+"""Operators: Generate World (modal in the UI, blocking in background), Cancel, Check
+Worker and Install Dependencies.
+
+A generation never touches the scene until it has succeeded: the worker writes into a
+fresh staging folder (``tempfile.mkdtemp``); only a finished image is moved to the output
+folder and loaded into the World, in one undo step. On failure or cancel the staging
+folder is removed and the World is exactly as it was.
+"""
+
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, StringProperty
+from bpy.types import Operator
+
+from . import installer, properties, worker_client, world
+from .preferences import (
+    default_model_id,
+    get_preferences,
+    offline_forced,
+    resolve_worker_python,
+    user_folder,
+    venv_folder,
+)
+
+ADDON_ROOT = Path(__file__).resolve().parent.parent
+TIMER_INTERVAL_S = 0.1
+PRINT_INTERVAL_S = 1.0
+
+
+# --------------------------------------------------------------------------- engine bits
+def engine_options_module():
+    """spherediff_core.options from the bundled wheel (torch-free), or None."""
+    try:
+        from spherediff_core import options
+    except ImportError:
+        return None
+    return options
+
+
+def engine_version() -> str | None:
+    try:
+        import spherediff_core
+    except ImportError:
+        return None
+    return getattr(spherediff_core, "__version__", None)
+
+
+def validate_options(options: dict) -> str:
+    """The engine's own validation, on Blender's side (empty string: valid).
+
+    Without the bundled engine the worker validates the same way and answers bad_input.
+    """
+    module = engine_options_module()
+    if module is None:
+        return ""
+    try:
+        module.GenerationOptions.from_dict(options).validate()
+    except module.OptionsError as exc:
+        return str(exc)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
+# --------------------------------------------------------------------------- the job
+class Generation:
+    """The running generation: its worker run, staging folder and settings."""
+
+    def __init__(self, run, staging: Path, scene_name: str, values: dict, options: dict):
+        self.run = run
+        self.staging = staging
+        self.scene_name = scene_name
+        self.values = values
+        self.options = options
+        self._last_print = 0.0
+        self._last_phase = ""
+        self._last_text = ""
+
+    def print_progress(self, run) -> None:
+        """One line per phase, then at most one every PRINT_INTERVAL_S (background mode)."""
+        now = time.monotonic()
+        text = run.status_text()
+        if run.phase == self._last_phase and (
+            text == self._last_text or now - self._last_print < PRINT_INTERVAL_S
+        ):
+            return
+        self._last_print, self._last_phase, self._last_text = now, run.phase, text
+        print(f"SphereDiff: {text} ({run.fraction * 100:.0f}%)", flush=True)
+
+
+_ACTIVE: Generation | None = None
+_LOCK = threading.Lock()
+
+
+def active_generation() -> Generation | None:
+    return _ACTIVE
+
+
+def request_cancel() -> bool:
+    """Cancel the running generation (safe from any thread); False if none runs."""
+    gen = _ACTIVE
+    if gen is None:
+        return False
+    gen.run.request_cancel()
+    return True
+
+
+def resolve_values(settings, op=None) -> dict:
+    """The settings of this call: the operator's set properties, else the scene's."""
+    values = {}
+    props = op.properties if op is not None else None
+    for key in properties.GENERATION_KEYS:
+        if props is not None and props.is_property_set(key):
+            values[key] = getattr(op, key)
+        else:
+            values[key] = getattr(settings, key)
+    if props is not None:  # a script that passes a value means it
+        implied = (
+            ("steps", "auto_steps", False),
+            ("guidance", "auto_guidance", False),
+            ("seed", "random_seed", False),
+            ("custom_model", "model_preset", "CUSTOM"),
+            ("width", "size", "CUSTOM"),
+        )
+        for given, switch, value in implied:
+            if props.is_property_set(given) and not props.is_property_set(switch):
+                values[switch] = value
+    return values
+
+
+def build_options(values: dict, prefs, output: str) -> dict:
+    """The worker job's options (spherediff_core.options.GenerationOptions fields)."""
+    if values["model_preset"] == "DEFAULT":
+        model = default_model_id(prefs)
+    else:
+        model = properties.model_id_for(values["model_preset"], values["custom_model"])
+    if values["size"] == "CUSTOM":
+        width = int(values["width"])
+    else:
+        width = properties.SIZE_WIDTHS[values["size"]]
+    seed = random.randint(0, properties.MAX_SEED) if values["random_seed"] else values["seed"]
+    cache_dir = bpy.path.abspath(prefs.cache_dir).strip() if prefs and prefs.cache_dir else ""
+    return {
+        "prompt": values["prompt"],
+        "sky_prompt": values["sky_prompt"].strip() or None,
+        "horizon_prompt": values["horizon_prompt"].strip() or None,
+        "ground_prompt": values["ground_prompt"].strip() or None,
+        "negative_prompt": values["negative_prompt"],
+        "model": model,
+        "steps": None if values["auto_steps"] else int(values["steps"]),
+        "guidance": None if values["auto_guidance"] else float(values["guidance"]),
+        "seed": int(seed),
+        "width": width,
+        "device": prefs.device if prefs else "auto",
+        "precision": prefs.precision if prefs else "auto",
+        "cpu_offload": bool(prefs.cpu_offload) if prefs else False,
+        "vae_tiling": bool(prefs.vae_tiling) if prefs else False,
+        "offline": bool(prefs.offline if prefs else False) or offline_forced(),
+        "cache_dir": cache_dir or None,
+        "output": output,
+    }
+
+
+def _writable_folder_problem(folder: Path) -> str:
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"the output folder {str(folder)!r} cannot be created ({str(probe)!r} is a file)"
+    if not os.access(probe, os.W_OK):
+        return f"the output folder {str(folder)!r} is not writable"
+    return ""
+
+
+def start_generation(context, op=None) -> tuple[Generation | None, str]:
+    """Check everything, then start the worker. Returns (generation, "") or (None, error)."""
+    global _ACTIVE
+    with _LOCK:
+        if _ACTIVE is not None:
+            return None, "a generation is already running"
+        scene = context.scene
+        settings = scene.spherediff
+        prefs = get_preferences(context)
+        values = resolve_values(settings, op)
+
+        python, source, problem = resolve_worker_python(context)
+        if problem:
+            return None, problem
+        placeholder = str(Path(tempfile.gettempdir()) / "spherediff.png")
+        options = build_options(values, prefs, placeholder)
+        error = validate_options(options)
+        if error:
+            return None, f"invalid option: {error}"
+        problem = _writable_folder_problem(world.output_folder(values["output_dir"]))
+        if problem:
+            return None, problem
+
+        staging = Path(tempfile.mkdtemp(prefix="spherediff-"))
+        options["output"] = str(staging / "panorama.png")
+        log = None
+        with contextlib.suppress(OSError):
+            log = user_folder(create=True) / "worker.log"
+            log.write_text(f"SphereDiff worker {python} (from {source}), {time.ctime()}\n")
+        run = worker_client.GenerationRun(
+            python,
+            options,
+            env=worker_client.worker_env(offline=options["offline"]),
+            stderr_log=log,
+        )
+        if not run.start():
+            shutil.rmtree(staging, ignore_errors=True)
+            return None, run.failure.message
+        _ACTIVE = Generation(run, staging, scene.name, values, options)
+        return _ACTIVE, ""
+
+
+def finish_generation(context, gen: Generation) -> tuple[bool, str]:
+    """Load the result into the World (on success) and clean up. Returns (ok, message)."""
+    global _ACTIVE
+    run = gen.run
+    scene = bpy.data.scenes.get(gen.scene_name) or context.scene
+    settings = scene.spherediff
+    try:
+        if run.failure is not None:
+            if run.failure.code == "cancelled":
+                message = "cancelled; the World was left as it was"
+            else:
+                message = run.failure.message
+            settings.last_error = message
+            if run.failure.detail and run.failure.code in ("internal", "worker_died"):
+                print(f"SphereDiff worker details:\n{run.failure.detail}", file=sys.stderr)
+            return False, message
+        result = run.result
+        folder = world.output_folder(gen.values["output_dir"])
+        seed = int(result.get("seed", gen.options["seed"]))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            dest = world.unique_image_path(folder, seed)
+            shutil.move(result["image"], dest)
+            sidecar = result.get("sidecar")
+            if isinstance(sidecar, str) and Path(sidecar).is_file():
+                shutil.move(sidecar, dest.with_suffix(".json"))
+        except OSError as exc:
+            message = f"could not save the panorama in {str(folder)!r}: {exc}"
+            settings.last_error = message
+            return False, message
+        metadata = {
+            "seed": seed,
+            "model": gen.options["model"],
+            "prompt": gen.options["prompt"][:1000],
+        }
+        world.set_from_file(
+            scene,
+            dest,
+            rotation_z=gen.values["rotation_z"],
+            strength=gen.values["strength"],
+            pack=gen.values["pack_image"],
+            metadata=metadata,
+        )
+        seconds = float(result.get("seconds") or run.elapsed_s)
+        settings.last_image = world.blend_relative(dest)
+        settings.last_seed = seed if seed <= properties.MAX_SEED else 0
+        settings.last_seconds = seconds
+        settings.last_model = gen.options["model"]
+        settings.last_error = ""
+        return True, f"{dest.name} (seed {seed}, {worker_client.format_seconds(seconds)})"
+    finally:
+        shutil.rmtree(gen.staging, ignore_errors=True)
+        with _LOCK:
+            if _ACTIVE is gen:
+                _ACTIVE = None
+
+
+def abort_active() -> None:
+    """Stop the running generation at once and forget it (file load, disabling)."""
+    global _ACTIVE
+    with _LOCK:
+        gen, _ACTIVE = _ACTIVE, None
+    if gen is not None:
+        gen.run.abort()
+        shutil.rmtree(gen.staging, ignore_errors=True)
+
+
+def tag_redraw(context=None, types=("PROPERTIES", "STATUSBAR", "PREFERENCES")) -> None:
+    wm = (context or bpy.context).window_manager
+    for window in wm.windows:
+        screen = window.screen
+        if screen is None:
+            continue
+        for area in screen.areas:
+            if area.type in types:
+                area.tag_redraw()
+
+
+def wrap(text: str, width: int = 70) -> list[str]:
+    return textwrap.wrap(text, width) or [""]
+
+
+# --------------------------------------------------------------------------- generate
+class SPHEREDIFF_OT_generate(Operator):
+    """Generate a seamless 360 degree panorama from the prompt and use it as the World"""
+
+    bl_idname = "spherediff.generate"
+    bl_label = "Generate World"
+    # UNDO: a finished generation is one undo step. No REGISTER: the "Adjust Last
+    # Operation" panel would re-run a whole generation on every tweak.
+    bl_options = {"UNDO"}
+
+    __annotations__ = properties.generation_properties(live_update=False)
+
+    _timer = None
+    _generation = None
+
+    @classmethod
+    def poll(cls, context):
+        if _ACTIVE is not None:
+            cls.poll_message_set("A SphereDiff generation is already running")
+            return False
+        if installer.STATE.running:
+            cls.poll_message_set("Dependencies are being installed; wait until that is done")
+            return False
+        if context.scene is None:
+            cls.poll_message_set("There is no scene")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        gen, error = start_generation(context, self)
+        if gen is None:
+            return self._failed(context, error)
+        self._generation = gen
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
+        wm.modal_handler_add(self)
+        tag_redraw(context)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        gen = self._generation
+        if event.type == "ESC" and event.value == "PRESS":
+            gen.run.request_cancel()
+            gen.run.pump()
+            tag_redraw(context)
+            return {"RUNNING_MODAL"}
+        if event.type == "TIMER":
+            if gen.run.pump():
+                return self._done(context)
+            tag_redraw(context)
+        return {"PASS_THROUGH"}
+
+    def cancel(self, context):
+        # Blender ends the modal operator (new file, quit): stop the worker, keep the World.
+        self._remove_timer(context)
+        abort_active()
+        tag_redraw(context)
+
+    def execute(self, context):
+        gen, error = start_generation(context, self)
+        if gen is None:
+            return self._failed(context, error)
+        self._generation = gen
+        print(f"SphereDiff: generating with {gen.options['model']} (seed {gen.options['seed']})")
+        worker_client.run_blocking(gen.run, gen.print_progress)
+        return self._done(context)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _done(self, context):
+        self._remove_timer(context)
+        gen = self._generation
+        self._generation = None
+        ok, message = finish_generation(context, gen)
+        tag_redraw(context)
+        if ok:
+            self.report({"INFO"}, f"SphereDiff: {message}")
+            return {"FINISHED"}
+        if gen.run.failure is not None and gen.run.failure.code == "cancelled":
+            self.report({"WARNING"}, f"SphereDiff: {message}")
+        else:
+            self.report({"ERROR"}, f"SphereDiff: {message}")
+        return {"CANCELLED"}
+
+    def _failed(self, context, message: str):
+        scene = context.scene
+        if scene is not None:
+            scene.spherediff.last_error = message
+        self.report({"ERROR"}, f"SphereDiff: {message}")
+        return {"CANCELLED"}
+
+    def _remove_timer(self, context):
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+
+
+class SPHEREDIFF_OT_cancel(Operator):
+    """Stop the running generation; the World stays as it was"""
+
+    bl_idname = "spherediff.cancel"
+    bl_label = "Cancel"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        if _ACTIVE is None:
+            cls.poll_message_set("No SphereDiff generation is running")
+            return False
+        if _ACTIVE.run.cancel_requested:
+            cls.poll_message_set("Cancelling already")
+            return False
+        return True
+
+    def execute(self, context):
+        request_cancel()
+        tag_redraw(context)
+        return {"FINISHED"}
+
+
+# --------------------------------------------------------------------------- check worker
+def _store_check(result) -> None:
+    target = worker_client.LAST_CHECK
+    for name, value in vars(result).items():
+        setattr(target, name, value)
+
+
+class SPHEREDIFF_OT_check_worker(Operator):
+    """Ask the worker for its engine, torch, diffusers and transformers versions and device"""
+
+    bl_idname = "spherediff.check_worker"
+    bl_label = "Check Worker"
+
+    @classmethod
+    def poll(cls, context):
+        if worker_client.LAST_CHECK.running:
+            cls.poll_message_set("The worker is being checked")
+            return False
+        return True
+
+    def execute(self, context):
+        python, _source, problem = resolve_worker_python(context)
+        if problem:
+            failed = worker_client.CheckResult(python=python or "", done=True, problems=[problem])
+            _store_check(failed)
+            self.report({"WARNING"}, f"SphereDiff: {problem}")
+            tag_redraw(context)
+            return {"CANCELLED"}
+        env = worker_client.worker_env()
+        version = engine_version()
+        if bpy.app.background or context.window is None:
+            result = worker_client.check_worker(python, env, addon_engine_version=version)
+            _store_check(result)
+            return self._report(result)
+
+        _store_check(worker_client.CheckResult(python=python, running=True))
+
+        def work():
+            _store_check(worker_client.check_worker(python, env, addon_engine_version=version))
+
+        thread = threading.Thread(target=work, name="spherediff-check", daemon=True)
+        thread.start()
+
+        def poll_thread():
+            if thread.is_alive():
+                return 0.25
+            with contextlib.suppress(ReferenceError, AttributeError):
+                tag_redraw()
+            return None
+
+        bpy.app.timers.register(poll_thread, first_interval=0.25)
+        tag_redraw(context)
+        return {"FINISHED"}
+
+    def _report(self, result):
+        for line in result.lines:
+            print(f"SphereDiff: {line}")
+        if result.problems:
+            self.report({"WARNING"}, "SphereDiff: " + "; ".join(result.problems))
+            return {"CANCELLED"}
+        self.report({"INFO"}, "SphereDiff: " + " | ".join(result.lines))
+        return {"FINISHED"}
+
+
+# --------------------------------------------------------------------------- installer
+class SPHEREDIFF_OT_install_dependencies(Operator):
+    """Make the image generator's Python environment (PyTorch, diffusers; several GB)"""
+
+    bl_idname = "spherediff.install_dependencies"
+    bl_label = "Install Dependencies"
+
+    wheel_folder: StringProperty(
+        name="Local Wheels",
+        description=(
+            "Install only from this folder of .whl files, without network "
+            "(pip --no-index --find-links)"
+        ),
+        subtype="DIR_PATH",
+        default="",
+        options={"SKIP_SAVE"},
+    )
+    with_dependencies: BoolProperty(
+        name="With Dependencies",
+        description=(
+            "Also install torch, diffusers and transformers (off: only the engine wheel, "
+            "pip --no-deps)"
+        ),
+        default=True,
+        options={"SKIP_SAVE"},
+    )
+    clean: BoolProperty(
+        name="Start Over",
+        description="Delete the existing environment first",
+        default=False,
+        options={"SKIP_SAVE"},
+    )
+
+    _timer = None
+    _job = None
+
+    @classmethod
+    def poll(cls, context):
+        if installer.STATE.running:
+            cls.poll_message_set("Dependencies are being installed")
+            return False
+        if _ACTIVE is not None:
+            cls.poll_message_set("Wait until the running generation is done")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        return context.window_manager.invoke_confirm(self, event)
+
+    def execute(self, context):
+        wheel = installer.bundled_wheel(ADDON_ROOT)
+        if wheel is None:
+            return self._fail(
+                f"the engine wheel is missing from {ADDON_ROOT / 'wheels'}; rebuild the "
+                "extension with scripts/build_extension.py"
+            )
+        folder = bpy.path.abspath(self.wheel_folder).strip() if self.wheel_folder else ""
+        if folder and not Path(folder).is_dir():
+            return self._fail(f"the wheel folder {folder!r} does not exist")
+        if not folder and offline_forced():
+            return self._fail(
+                "online access is off (Preferences > System > Network): allow it, or "
+                "install from a local wheel folder"
+            )
+        venv = venv_folder()
+        user_folder(create=True)
+        steps = installer.plan_steps(
+            sys.executable, venv, wheel, folder or None, self.with_dependencies
+        )
+        job = installer.InstallJob(steps, venv, installer.log_path(user_folder()), self.clean)
+        job.start()
+        if bpy.app.background or context.window is None:
+            shown = 0
+            while not job.wait(0.2):
+                shown = _print_install_progress(shown)
+            _print_install_progress(shown)
+            return self._done(context)
+        self._job = job
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        tag_redraw(context)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            self._job.cancel()
+            return {"RUNNING_MODAL"}
+        if event.type == "TIMER":
+            tag_redraw(context)
+            if not installer.STATE.running:
+                context.window_manager.event_timer_remove(self._timer)
+                self._timer = None
+                return self._done(context)
+        return {"PASS_THROUGH"}
+
+    def cancel(self, context):
+        if self._job is not None:
+            self._job.cancel()
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+
+    def _done(self, context):
+        state = installer.STATE
+        if state.hello is not None:
+            _store_check(worker_client.describe_hello(state.hello, engine_version()))
+        tag_redraw(context)
+        if state.failed:
+            return self._fail(state.message)
+        self.report({"INFO"}, f"SphereDiff: {state.message}")
+        return {"FINISHED"}
+
+    def _fail(self, message: str):
+        installer.STATE.message, installer.STATE.failed = message, True
+        self.report({"ERROR"}, f"SphereDiff: {message}")
+        return {"CANCELLED"}
+
+
+def _print_install_progress(shown_step: int) -> int:
+    state = installer.STATE
+    if state.step != shown_step and state.step:
+        print(f"SphereDiff: [{state.step}/{state.total}] {state.step_label}", flush=True)
+    return state.step
+
+
+# --------------------------------------------------------------------------- handlers
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args):
+    abort_active()
+
+
+def register_handlers() -> None:
+    if _on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_on_load_pre)
+
+
+def unregister_handlers() -> None:
+    if _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
+    abort_active()
+
+
+classes = (
+    SPHEREDIFF_OT_generate,
+    SPHEREDIFF_OT_cancel,
+    SPHEREDIFF_OT_check_worker,
+    SPHEREDIFF_OT_install_dependencies,
+)

@@ -1,0 +1,264 @@
+"""Add-on preferences: where the worker's Python is, models, device and the installer.
+
+The worker Python is found in this order (:func:`resolve_worker_python`):
+
+1. the "Worker Python" preference,
+2. the ``SPHEREDIFF_PYTHON`` environment variable,
+3. the virtual environment that **Install Dependencies** made in the extension's user
+   folder (``bpy.utils.extension_path_user(<package>)/venv``).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.types import AddonPreferences
+
+from . import installer, worker_client
+from .properties import MODEL_ITEMS_NO_DEFAULT
+
+# The extension's own package (bl_ext.<repository>.spherediff): AddonPreferences.bl_idname
+# and extension_path_user() need it, and this sub-package sits one level below it.
+ADDON_PACKAGE = __package__.rpartition(".")[0] or __package__
+
+PYTHON_ENV_VAR = "SPHEREDIFF_PYTHON"
+
+DEVICE_ITEMS = (
+    ("auto", "Automatic", "CUDA if there is an NVIDIA GPU, else Metal (Apple), else the CPU"),
+    ("cuda", "CUDA", "The first NVIDIA GPU"),
+    ("mps", "Metal", "Apple silicon GPU"),
+    ("cpu", "CPU", "The processor (very slow with real models)"),
+)
+PRECISION_ITEMS = (
+    ("auto", "Automatic", "Half precision on GPUs (the model's preferred kind), float32 on CPU"),
+    ("fp16", "Float16", "Half precision"),
+    ("bf16", "BFloat16", "Brain float 16 (recent NVIDIA GPUs)"),
+    ("fp32", "Float32", "Full precision: twice the memory, rarely needed"),
+)
+
+
+def get_preferences(context=None):
+    """This add-on's preferences, or None when it is not enabled as an add-on."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
+    return addon.preferences if addon is not None else None
+
+
+def user_folder(create: bool = False) -> Path:
+    """The extension's user folder (kept across updates): the venv and logs live here."""
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, create=create))
+    except ValueError:
+        # Not installed as an extension (e.g. run from a source checkout as a legacy add-on).
+        path = Path(bpy.utils.user_resource("SCRIPTS", path="spherediff"))
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def venv_folder() -> Path:
+    return user_folder() / "venv"
+
+
+def resolve_worker_python(context=None) -> tuple[str | None, str, str]:
+    """(python, source, problem): the worker interpreter and where it came from.
+
+    ``python`` is None when none is configured; ``problem`` is empty when the file exists
+    (whether its packages work is what "Check Worker" finds out).
+    """
+    prefs = get_preferences(context)
+    configured = prefs.worker_python.strip() if prefs is not None else ""
+    if configured:
+        path = bpy.path.abspath(configured)
+        return path, "the Worker Python preference", _missing(path, "the Worker Python preference")
+    env = os.environ.get(PYTHON_ENV_VAR, "").strip()
+    if env:
+        return env, PYTHON_ENV_VAR, _missing(env, f"the {PYTHON_ENV_VAR} environment variable")
+    venv_python = installer.venv_python(venv_folder())
+    if venv_python.is_file():
+        return str(venv_python), "the add-on's environment", ""
+    return (
+        None,
+        "",
+        "no worker Python: click Install Dependencies in Preferences > Add-ons > SphereDiff, "
+        f"set the Worker Python there, or set the {PYTHON_ENV_VAR} environment variable",
+    )
+
+
+def _missing(path: str, source: str) -> str:
+    if not os.path.isfile(path):
+        return f"the worker Python {path!r} (from {source}) does not exist"
+    if not os.access(path, os.X_OK):
+        return f"the worker Python {path!r} (from {source}) is not executable"
+    return ""
+
+
+def offline_forced() -> bool:
+    """Blender's "Allow Online Access" is off (or Blender runs with --offline-mode)."""
+    return not getattr(bpy.app, "online_access", True)
+
+
+def default_model_id(prefs) -> str:
+    from .properties import model_id_for
+
+    if prefs is None:
+        return model_id_for("SANA", "")
+    return model_id_for(prefs.default_model, prefs.default_custom_model)
+
+
+class SphereDiffPreferences(AddonPreferences):
+    bl_idname = ADDON_PACKAGE
+
+    worker_python: StringProperty(
+        name="Worker Python",
+        description=(
+            "Python interpreter that runs the image generator (it needs spherediff, torch, "
+            f"diffusers, transformers). Empty: {PYTHON_ENV_VAR}, then the environment "
+            "made by Install Dependencies"
+        ),
+        subtype="FILE_PATH",
+        default="",
+    )
+    cache_dir: StringProperty(
+        name="Model Cache",
+        description=(
+            "Folder for downloaded models (the Hugging Face cache). Empty: the Hugging Face "
+            "default (HF_HOME, else ~/.cache/huggingface)"
+        ),
+        subtype="DIR_PATH",
+        default="",
+    )
+    offline: BoolProperty(
+        name="Offline",
+        description=(
+            "Use only local model folders and models already in the cache; never contact "
+            "the Hugging Face Hub (always on when Blender's online access is off)"
+        ),
+        default=False,
+    )
+    device: EnumProperty(
+        name="Device",
+        description="Where the model runs",
+        items=DEVICE_ITEMS,
+        default="auto",
+    )
+    precision: EnumProperty(
+        name="Precision",
+        description="Number format of the model's weights and activations",
+        items=PRECISION_ITEMS,
+        default="auto",
+    )
+    cpu_offload: BoolProperty(
+        name="Model CPU Offload",
+        description="Keep only the running part of the model on the GPU (less VRAM, slower)",
+        default=False,
+    )
+    vae_tiling: BoolProperty(
+        name="VAE Tiling",
+        description="Decode images in tiles (less VRAM for large sizes)",
+        default=False,
+    )
+    default_model: EnumProperty(
+        name="Default Model",
+        description="The model used when a scene's model is set to Preferences Default",
+        items=MODEL_ITEMS_NO_DEFAULT,
+        default="SANA",
+    )
+    default_custom_model: StringProperty(
+        name="Custom Model",
+        description="Hugging Face Hub id (owner/name) or a local diffusers model folder",
+        default="",
+    )
+    wheel_folder: StringProperty(
+        name="Local Wheels",
+        description=(
+            "Install from this folder of .whl files only, with no network (pip --no-index "
+            "--find-links). Empty: download from PyPI (and PyTorch's index on Windows)"
+        ),
+        subtype="DIR_PATH",
+        default="",
+    )
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+
+        # Worker
+        box = layout.box()
+        box.label(text="Image Generator (Worker)", icon="CONSOLE")
+        box.prop(self, "worker_python")
+        python, source, problem = resolve_worker_python(context)
+        col = box.column(align=True)
+        if problem:
+            col.label(text=problem, icon="ERROR")
+        else:
+            col.label(text=f"Using {python}", icon="CHECKMARK")
+            col.label(text=f"(from {source})")
+        row = box.row(align=True)
+        row.operator("spherediff.check_worker", icon="VIEWZOOM")
+        _draw_check_result(box)
+
+        # Installer
+        box = layout.box()
+        box.label(text="Dependencies", icon="PACKAGE")
+        box.label(text=f"Environment: {venv_folder()}")
+        box.prop(self, "wheel_folder")
+        state = installer.STATE
+        if state.running:
+            text = f"{state.step_label} ({state.step}/{state.total})"
+            box.progress(factor=state.fraction, type="BAR", text=text)
+            if state.last_line:
+                box.label(text=state.last_line[:120])
+        else:
+            op = box.operator("spherediff.install_dependencies", icon="IMPORT")
+            op.wheel_folder = self.wheel_folder
+            if state.message:
+                box.label(text=state.message, icon="ERROR" if state.failed else "CHECKMARK")
+        log = installer.log_path(user_folder())
+        if log.is_file():
+            row = box.row()
+            row.label(text=f"Log: {log}")
+            row.operator("wm.path_open", text="", icon="TEXT").filepath = str(log)
+        if sys.platform == "win32":
+            box.label(text="On Windows PyTorch comes from PyTorch's CUDA index", icon="INFO")
+
+        # Models
+        box = layout.box()
+        box.label(text="Models", icon="FILE_IMAGE")
+        box.prop(self, "default_model")
+        if self.default_model == "CUSTOM":
+            box.prop(self, "default_custom_model")
+        box.prop(self, "cache_dir")
+        row = box.row()
+        row.enabled = not offline_forced()
+        row.prop(self, "offline")
+        if offline_forced():
+            box.label(text="Offline: Blender's online access is turned off", icon="INFO")
+
+        # Device
+        box = layout.box()
+        box.label(text="Device", icon="MEMORY")
+        box.prop(self, "device")
+        box.prop(self, "precision")
+        box.prop(self, "cpu_offload")
+        box.prop(self, "vae_tiling")
+
+
+def _draw_check_result(layout) -> None:
+    check = worker_client.LAST_CHECK
+    if check.running:
+        layout.label(text="Checking the worker...", icon="SORTTIME")
+        return
+    if not check.done:
+        return
+    col = layout.column(align=True)
+    for line in check.lines:
+        col.label(text=line)
+    for line in check.problems:
+        col.label(text=line, icon="ERROR")
+
+
+classes = (SphereDiffPreferences,)

@@ -1,0 +1,611 @@
+"""The engine's worker process, seen from the add-on (docs/worker-protocol.md).
+
+No bpy here (and never torch): the worker runs in its own Python as a subprocess in its
+own process group; a reader thread turns its standard output's JSON lines into events on a
+queue, another keeps the tail of its standard error for error messages. Only JSON and file
+paths cross the process boundary.
+
+:class:`GenerationRun` drives one job: ``start()``, then ``pump()`` until it returns True
+(from a modal operator's timer, or in a loop by :func:`run_blocking`), then read
+``result`` or ``failure``. ``request_cancel()`` may be called from any thread: the run
+sends ``cancel`` on the worker's standard input, terminates the process group if the worker
+is still running after :data:`TERMINATE_AFTER_S` and kills it after :data:`KILL_AFTER_S`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROTOCOL = 1
+WORKER_MODULE = "spherediff_core.worker"
+TERMINATE_AFTER_S = 0.4  # after "cancel": SIGTERM / CTRL_BREAK_EVENT to the process group
+KILL_AFTER_S = 0.8  # then SIGKILL / TerminateProcess: stopped within a second
+EXIT_WAIT_S = 5.0  # how long a worker may take to exit after its stdout closed
+EOF = "_eof"  # pseudo event: the worker closed its standard output
+
+# Variables of Blender's own Python that must not leak into the worker's Python.
+_FOREIGN_ENV = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONEXECUTABLE",
+    "__PYVENV_LAUNCHER__",
+)
+
+PHASES = {  # phase -> (share of the bar where it starts, where it ends, label)
+    "start": (0.0, 0.0, "Starting"),
+    "load": (0.0, 0.06, "Loading model"),
+    "denoise": (0.06, 0.92, "Denoising"),
+    "decode": (0.92, 0.98, "Decoding"),
+    "write": (0.98, 1.0, "Writing"),
+}
+
+
+def worker_argv(python: str, *args: str) -> list[str]:
+    return [python, "-m", WORKER_MODULE, *args]
+
+
+def worker_env(offline: bool = False, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: this one without Blender's Python variables."""
+    env = dict(os.environ if base is None else base)
+    for key in _FOREIGN_ENV:
+        env.pop(key, None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def popen_group_kwargs() -> dict[str, Any]:
+    """Start a child in its own process group, so it can be signalled as a whole."""
+    if os.name == "nt":
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        return {"creationflags": flags}
+    return {"start_new_session": True}
+
+
+@dataclass
+class WorkerFailure:
+    """Why a run did not produce an image: a stable ``code`` and a message for people."""
+
+    code: str
+    message: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class WorkerProcess:
+    """One worker subprocess with its event queue and standard-error tail."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        stderr_log: Path | None = None,
+        stderr_lines: int = 200,
+    ) -> None:
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self.stderr_log = stderr_log
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._threads: list[threading.Thread] = []
+        self._stdin_lock = threading.Lock()
+        self.cancel_sent_at: float | None = None
+        self.terminated = False
+        self.killed = False
+
+    # -- life cycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the process; raises OSError when the interpreter cannot be run."""
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.env,
+            cwd=self.cwd,
+            **popen_group_kwargs(),
+        )
+        for target, name in ((self._read_stdout, "stdout"), (self._read_stderr, "stderr")):
+            thread = threading.Thread(target=target, name=f"spherediff-worker-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def send_line(self, text: str) -> bool:
+        """Write one line to the worker's standard input; False if it is gone."""
+        if self.proc is None or self.proc.stdin is None:
+            return False
+        with self._stdin_lock:
+            try:
+                self.proc.stdin.write(text.encode("utf-8") + b"\n")
+                self.proc.stdin.flush()
+            except (OSError, ValueError):  # closed pipe: the worker has exited
+                return False
+        return True
+
+    def get_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Events waiting on the queue (waits up to ``timeout`` for the first)."""
+        out: list[dict[str, Any]] = []
+        try:
+            first = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return out
+        out.append(first)
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    # -- stopping ---------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask politely (``cancel`` on stdin); :meth:`escalate` does the rest."""
+        if self.cancel_sent_at is None:
+            self.cancel_sent_at = time.monotonic()
+            self.send_line("cancel")
+
+    def escalate(self) -> None:
+        """After a cancel: terminate the group, then kill it, if the worker lingers."""
+        if self.cancel_sent_at is None or not self.running():
+            return
+        waited = time.monotonic() - self.cancel_sent_at
+        if waited >= KILL_AFTER_S and not self.killed:
+            self.kill()
+        elif waited >= TERMINATE_AFTER_S and not self.terminated:
+            self.terminate()
+
+    def terminate(self) -> None:
+        """SIGTERM to the process group (POSIX) or CTRL_BREAK_EVENT (Windows)."""
+        self.terminated = True
+        if not self.running():
+            return
+        assert self.proc is not None
+        with contextlib.suppress(OSError):
+            if os.name == "nt":
+                self.proc.send_signal(signal.CTRL_BREAK_EVENT)
+            else:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to the process group (POSIX) or TerminateProcess (Windows)."""
+        self.killed = True
+        if not self.running():
+            return
+        assert self.proc is not None
+        with contextlib.suppress(OSError):
+            if os.name == "nt":
+                self.proc.kill()
+            else:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def close(self) -> None:
+        """Stop the process if it still runs, reap it and join the reader threads."""
+        if self.proc is None:
+            return
+        if self.running():
+            self.kill()
+        self.wait(5.0)
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                if stream is not None:
+                    stream.close()
+
+    # -- readers (threads) ----------------------------------------------------------------
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            for raw in self.proc.stdout:
+                text = raw.decode("utf-8", "replace").strip()
+                if not text:
+                    continue
+                try:
+                    event = json.loads(text)
+                except ValueError:
+                    event = None
+                if isinstance(event, dict) and isinstance(event.get("event"), str):
+                    self.events.put(event)
+                else:  # not protocol: keep it for the error message
+                    self.stderr_tail.append(f"(stdout) {text}")
+        self.events.put({"event": EOF})
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        log = None
+        if self.stderr_log is not None:
+            with contextlib.suppress(OSError):
+                log = open(self.stderr_log, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                for raw in self.proc.stderr:
+                    text = raw.decode("utf-8", "replace").rstrip()
+                    self.stderr_tail.append(text)
+                    if log is not None:
+                        log.write(text + "\n")
+                        log.flush()
+        finally:
+            if log is not None:
+                log.close()
+
+
+def _signal_name(returncode: int) -> str:
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def diagnose_exit(python: str, returncode: int | None, stderr: list[str]) -> WorkerFailure:
+    """Why a worker ended without a result or error event."""
+    text = "\n".join(stderr)
+    tail = "\n".join(line for line in stderr[-12:] if line.strip())
+    if "No module named spherediff_core" in text or "No module named 'spherediff_core'" in text:
+        return WorkerFailure(
+            "worker_not_ready",
+            f"the worker Python {python} does not have the SphereDiff engine (spherediff_core): "
+            "click Install Dependencies in the add-on's preferences, or choose a Python "
+            "that has it",
+            tail,
+        )
+    if returncode is not None and returncode < 0:
+        name = _signal_name(returncode)
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        message = f"the worker was stopped by {name}{hint} before it finished"
+    else:
+        if returncode is None:
+            message = "the worker closed its output but did not exit"
+        else:
+            message = f"the worker exited with code {returncode} before it finished"
+        last = next((line for line in reversed(stderr) if line.strip()), "")
+        if last:
+            message += f": {last.strip()[:300]}"
+    return WorkerFailure("worker_died", message, tail)
+
+
+class GenerationRun:
+    """One job in one worker process, with progress for the UI.
+
+    Attributes read by the UI: ``phase``, ``step``, ``total``, ``eta_s``, ``message``,
+    ``fraction`` (the whole job, 0..1), ``hello`` (the worker's hello event), and at the end
+    ``result`` (the result event) or ``failure`` (a :class:`WorkerFailure`).
+    """
+
+    def __init__(
+        self,
+        python: str,
+        options: dict[str, Any],
+        env: dict[str, str] | None = None,
+        stderr_log: Path | None = None,
+        extra_job: dict[str, Any] | None = None,
+    ) -> None:
+        self.python = python
+        self.job = {"protocol": PROTOCOL, "options": options, **(extra_job or {})}
+        self.process = WorkerProcess(worker_argv(python), env=env, stderr_log=stderr_log)
+        self.phase = "start"
+        self.step = 0
+        self.total = 0
+        self.eta_s: float | None = None
+        self.message = "Starting the worker"
+        self.fraction = 0.0
+        self.hello: dict[str, Any] | None = None
+        self.result: dict[str, Any] | None = None
+        self.error_event: dict[str, Any] | None = None
+        self.failure: WorkerFailure | None = None
+        self.started_at = time.monotonic()
+        self.finished_at: float | None = None
+        self._cancel = threading.Event()
+        self._eof = False
+        self.finished = False
+
+    # -- control ----------------------------------------------------------------------
+    def start(self) -> bool:
+        """Start the worker and send the job; False (with ``failure``) if it cannot start."""
+        try:
+            self.process.start()
+        except OSError as exc:
+            self._finish(
+                WorkerFailure(
+                    "worker_missing",
+                    f"cannot start the worker Python {self.python!r}: {exc.strerror or exc}",
+                )
+            )
+            return False
+        self.process.send_line(json.dumps(self.job, ensure_ascii=True))
+        return True
+
+    def request_cancel(self) -> None:
+        """Thread-safe: the next :meth:`pump` cancels the worker."""
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished_at or time.monotonic()) - self.started_at
+
+    def pump(self, timeout: float = 0.0) -> bool:
+        """Handle the worker's events; True once the run is over (result or failure)."""
+        if self.finished:
+            return True
+        if self._cancel.is_set():
+            self.message = "Cancelling"
+            self.process.cancel()
+            self.process.escalate()
+        for event in self.process.get_events(timeout):
+            self._handle(event)
+            if self.finished:
+                return True
+        if self._eof:
+            self._conclude()
+        elif self._cancel.is_set():
+            self.process.escalate()
+        return self.finished
+
+    def abort(self) -> None:
+        """Stop at once (Blender is closing the file, the add-on is being disabled)."""
+        self._cancel.set()
+        if not self.finished:
+            self.process.kill()
+            self._finish(WorkerFailure("cancelled", "cancelled"))
+
+    # -- events -----------------------------------------------------------------------
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "hello":
+            self.hello = event
+            if event.get("protocol") != PROTOCOL:
+                self.process.kill()
+                self._finish(
+                    WorkerFailure(
+                        "protocol",
+                        f"the worker speaks protocol {event.get('protocol')!r} but this add-on "
+                        f"speaks {PROTOCOL}: install the engine that came with the add-on "
+                        "(Install Dependencies)",
+                    )
+                )
+                return
+            self.message = "Worker started"
+        elif kind == "progress":
+            self._progress(event)
+        elif kind == "result":
+            self.result = event
+        elif kind == "error":
+            self.error_event = event
+        elif kind == EOF:
+            self._eof = True
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        phase = str(event.get("phase") or "")
+        try:
+            step, total = int(event.get("step") or 0), int(event.get("total") or 0)
+        except (TypeError, ValueError):
+            step, total = 0, 0
+        eta = event.get("eta_s")
+        self.phase, self.step, self.total = phase, step, total
+        self.eta_s = float(eta) if isinstance(eta, (int, float)) else None
+        self.message = str(event.get("message") or phase)
+        lo, hi, _ = PHASES.get(phase, (self.fraction, self.fraction, phase))
+        part = min(1.0, step / total) if total > 0 else 0.0
+        self.fraction = max(self.fraction, lo + (hi - lo) * part)
+
+    def _conclude(self) -> None:
+        """Standard output is closed: reap the worker and decide how the run ended."""
+        code = self.process.wait(EXIT_WAIT_S)
+        if code is None:  # closed stdout but hangs: stop it
+            self.process.kill()
+            code = self.process.wait(EXIT_WAIT_S)
+        stderr = list(self.process.stderr_tail)
+        if self.result is not None and not self._cancel.is_set():
+            image = self.result.get("image")
+            if isinstance(image, str) and os.path.isfile(image):
+                self.fraction = 1.0
+                self._finish(None)
+            else:
+                self._finish(
+                    WorkerFailure("internal", f"the worker reported {image!r} but it is missing")
+                )
+        elif self._cancel.is_set():
+            self._finish(WorkerFailure("cancelled", "cancelled"))
+        elif self.error_event is not None:
+            err = self.error_event
+            self._finish(
+                WorkerFailure(
+                    str(err.get("code") or "internal"),
+                    str(err.get("message") or "the worker failed"),
+                    str(err.get("traceback") or ""),
+                )
+            )
+        else:
+            self._finish(diagnose_exit(self.python, code, stderr))
+
+    def _finish(self, failure: WorkerFailure | None) -> None:
+        self.failure = failure
+        self.finished = True
+        self.finished_at = time.monotonic()
+        self.process.close()
+
+    # -- text for people --------------------------------------------------------------
+    def status_text(self) -> str:
+        label = PHASES.get(self.phase, (0, 0, self.phase.title()))[2]
+        text = label
+        if self.total and self.phase in ("denoise", "decode"):
+            text += f" {self.step}/{self.total}"
+        if self.eta_s is not None and self.phase == "denoise":
+            text += f", {format_seconds(self.eta_s)} left"
+        if self.cancel_requested:
+            text = "Cancelling"
+        return text
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def run_blocking(run: GenerationRun, report=None, interval: float = 0.1) -> None:
+    """Pump ``run`` until it is over; ``report(run)`` after each batch of events.
+
+    Ctrl+C (KeyboardInterrupt) cancels the worker and waits for it to stop.
+    """
+    while True:
+        try:
+            done = run.pump(timeout=interval)
+        except KeyboardInterrupt:
+            run.request_cancel()
+            continue
+        if report is not None:
+            report(run)
+        if done:
+            return
+
+
+# --------------------------------------------------------------------------------------
+# "Check worker": the worker's --hello
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """What ``--hello`` said, as lines for the preferences, and what is missing."""
+
+    python: str = ""
+    running: bool = False
+    done: bool = False
+    ok: bool = False
+    hello: dict[str, Any] | None = None
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+LAST_CHECK = CheckResult()
+"""The last "Check Worker" result (shown in the preferences)."""
+
+REQUIRED_PACKAGES = ("torch", "diffusers", "transformers")
+
+
+def describe_hello(hello: dict[str, Any], addon_engine_version: str | None) -> CheckResult:
+    result = CheckResult(hello=hello, done=True)
+    result.lines.append(
+        f"SphereDiff engine {hello.get('version')} (protocol {hello.get('protocol')}), "
+        f"Python {hello.get('python')}"
+    )
+    result.lines.append(
+        ", ".join(f"{name} {hello.get(name) or 'missing'}" for name in REQUIRED_PACKAGES)
+    )
+    devices = hello.get("devices") or []
+    if hello.get("device"):
+        result.lines.append(f"Device: {hello.get('device')} ({', '.join(map(str, devices))})")
+    if hello.get("protocol") != PROTOCOL:
+        result.problems.append(
+            f"The worker speaks protocol {hello.get('protocol')!r}, the add-on {PROTOCOL}: "
+            "click Install Dependencies to install the matching engine"
+        )
+    missing = [name for name in REQUIRED_PACKAGES if not hello.get(name)]
+    if missing:
+        result.problems.append(
+            f"Missing in the worker Python: {', '.join(missing)}; click Install Dependencies"
+        )
+    elif hello.get("device") == "cpu":
+        result.lines.append("No GPU found: generating on the CPU is very slow")
+    if (
+        addon_engine_version
+        and hello.get("version")
+        and hello.get("version") != addon_engine_version
+    ):
+        result.problems.append(
+            f"The worker's engine is {hello.get('version')}, the add-on's "
+            f"{addon_engine_version}: click Install Dependencies to update it"
+        )
+    result.ok = not result.problems
+    return result
+
+
+def check_worker(
+    python: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+    addon_engine_version: str | None = None,
+) -> CheckResult:
+    """Run ``python -m spherediff_core.worker --hello`` and describe what it reports."""
+    process = WorkerProcess(worker_argv(python, "--hello"), env=env)
+    try:
+        process.start()
+    except OSError as exc:
+        return CheckResult(
+            python=python,
+            done=True,
+            problems=[f"Cannot run the worker Python {python!r}: {exc.strerror or exc}"],
+        )
+    hello = None
+    deadline = time.monotonic() + timeout
+    eof = False
+    while not eof and time.monotonic() < deadline:
+        for event in process.get_events(timeout=0.2):
+            if event.get("event") == "hello":
+                hello = event
+            elif event.get("event") == EOF:
+                eof = True
+    code = process.wait(2.0) if eof else None
+    stderr = list(process.stderr_tail)
+    process.close()
+    if hello is None:
+        if not eof:
+            failure = WorkerFailure("timeout", f"the worker did not answer in {timeout:.0f} s")
+        else:
+            failure = diagnose_exit(python, code, stderr)
+        return CheckResult(python=python, done=True, problems=[failure.message])
+    result = describe_hello(hello, addon_engine_version)
+    result.python = python
+    return result

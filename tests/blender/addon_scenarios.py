@@ -1,0 +1,591 @@
+"""Scenarios for the SphereDiff extension, run INSIDE a bpy interpreter (never torch here).
+
+    <bpy python> tests/blender/addon_scenarios.py --scenario NAME --zip EXT.zip --out OUT.json
+        [--work DIR] [--model TINY_MODEL_DIR] [--wheelhouse DIR]
+
+The caller points ``BLENDER_USER_RESOURCES`` at a fresh temporary folder, so the extension
+is installed into a throw-away user repository (``user_default``) with
+``bpy.ops.extensions.package_install_files`` and Blender's own wheel handling. Every
+scenario writes what it saw to OUT.json (also when it fails: ``"fatal"`` holds the
+traceback); the pytest side (test_addon_*.py) makes the assertions.
+
+Scenarios:
+
+register   install, enable, check what registered; disable, check it all went; re-enable
+           and disable again.
+generate   generations with a tiny model through the worker (SPHEREDIFF_PYTHON): the node
+           chain, Cycles renders towards +X and straight up, a re-run that reuses the
+           nodes, failures that must leave the World untouched, cancel, a killed worker;
+           afterwards no torch in sys.modules, no worker process, no temporary files.
+installer  Install Dependencies from a local wheel folder (engine only, --no-deps) into
+           the extension's user folder, then Check Worker against that environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import bpy
+
+HERE = Path(__file__).resolve().parent
+PKG = "bl_ext.user_default.spherediff"
+SUB = PKG + ".spherediff_blender"
+
+
+def parse_args() -> argparse.Namespace:
+    argv = sys.argv[1:]
+    if "--" in argv:
+        argv = argv[argv.index("--") + 1 :]
+    p = argparse.ArgumentParser()
+    p.add_argument("--scenario", required=True, choices=["register", "generate", "installer"])
+    p.add_argument("--zip", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--work", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--wheelhouse", default=None)
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- helpers
+def install_and_enable(zip_path: str) -> dict:
+    t0 = time.monotonic()
+    result = bpy.ops.extensions.package_install_files(
+        filepath=zip_path, repo="user_default", enable_on_install=True
+    )
+    enabled = [a.module for a in bpy.context.preferences.addons]
+    info = {
+        "install_result": sorted(result),
+        "enabled": PKG in enabled,
+        "install_s": time.monotonic() - t0,
+        "extension_dir": bpy.utils.user_resource("EXTENSIONS", path="user_default/spherediff"),
+    }
+    if PKG not in enabled:
+        raise RuntimeError(f"extension not enabled after install: {enabled}")
+    return info
+
+
+def registered() -> dict:
+    ops = bpy.ops.spherediff
+    return {
+        "panel": hasattr(bpy.types, "WORLD_PT_spherediff"),
+        "subpanels": sorted(n for n in dir(bpy.types) if n.startswith("WORLD_PT_spherediff_")),
+        "op_generate": hasattr(bpy.types, "SPHEREDIFF_OT_generate"),
+        "ops": sorted(n for n in dir(ops) if not n.startswith("_")),
+        "scene_prop": hasattr(bpy.types.Scene, "spherediff"),
+        "prefs": (
+            bpy.context.preferences.addons.get(PKG) is not None
+            and bpy.context.preferences.addons[PKG].preferences is not None
+        ),
+        "statusbar_draw": any(
+            getattr(f, "__name__", "") == "draw_status_bar"
+            for f in getattr(bpy.types.STATUSBAR_HT_header, "_dyn_ui_initialize", lambda: [])()
+        ),
+        "load_pre_handlers": [getattr(h, "__name__", "") for h in bpy.app.handlers.load_pre],
+    }
+
+
+def heavy_modules() -> list[str]:
+    return sorted(
+        m for m in ("torch", "diffusers", "transformers", "numpy.torch") if m in sys.modules
+    )
+
+
+def world_snapshot(scene) -> dict | None:
+    """Everything the tests compare before and after a failed generation."""
+    world = scene.world
+    if world is None:
+        return None
+    tree = world.node_tree
+    snap = {"world": world.name, "users": world.users, "nodes": [], "links": []}
+    if tree is None:
+        return snap
+    for n in sorted(tree.nodes, key=lambda n: n.name):
+        entry = {
+            "name": n.name,
+            "type": n.bl_idname,
+            "tag": n.get("spherediff"),
+            "location": [round(v, 3) for v in n.location],
+            "inputs": {},
+        }
+        for s in n.inputs:
+            if hasattr(s, "default_value"):
+                v = s.default_value
+                try:
+                    v = [round(float(x), 6) for x in v]
+                except TypeError:
+                    v = round(float(v), 6) if isinstance(v, float) else v
+                entry["inputs"][s.identifier] = v
+        if n.bl_idname == "ShaderNodeTexEnvironment":
+            entry["image"] = n.image.name if n.image else None
+            entry["image_path"] = n.image.filepath if n.image else None
+        snap["nodes"].append(entry)
+    for link in tree.links:
+        snap["links"].append(
+            [
+                link.from_node.name,
+                link.from_socket.identifier,
+                link.to_node.name,
+                link.to_socket.identifier,
+            ]
+        )
+    snap["links"].sort()
+    snap["images"] = sorted(i.name for i in bpy.data.images)
+    return snap
+
+
+def staging_leftovers() -> list[str]:
+    tmp = Path(tempfile.gettempdir())
+    return sorted(p.name for p in tmp.glob("spherediff-*"))
+
+
+def child_processes() -> list[dict]:
+    """Processes whose parent is this one, or in a process group we started (Linux /proc)."""
+    me = os.getpid()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(")") + 2 :].split()
+        state, ppid, pgrp = rest[0], int(rest[1]), int(rest[2])
+        if ppid == me:
+            out.append({"pid": int(entry.name), "state": state, "pgrp": pgrp})
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); check its state.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rfind(")") + 2] != "Z"
+    except OSError:
+        return False
+
+
+def call_generate(**kwargs) -> dict:
+    """Run the operator; returns its result or the error it raised, and the time."""
+    t0 = time.monotonic()
+    try:
+        result = bpy.ops.spherediff.generate(**kwargs)
+        out = {"result": sorted(result), "error": None}
+    except RuntimeError as exc:
+        out = {"result": None, "error": str(exc)}
+    out["seconds"] = time.monotonic() - t0
+    out["last_error"] = bpy.context.scene.spherediff.last_error
+    return out
+
+
+class Watcher(threading.Thread):
+    """Waits until the running generation reaches the denoise phase, then acts on it."""
+
+    def __init__(self, operators_module, action: str):
+        super().__init__(daemon=True)
+        self.ops = operators_module
+        self.action = action
+        self.info: dict = {}
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            gen = self.ops.active_generation()
+            if gen is not None and gen.run.phase == "denoise":
+                self.info["pid"] = gen.run.pid
+                self.info["phase"] = gen.run.phase
+                self.info["at"] = time.monotonic()
+                self.info["generation"] = gen
+                if self.action == "kill":
+                    os.kill(gen.run.pid, signal.SIGKILL)
+                else:
+                    self.ops.request_cancel()
+                return
+            time.sleep(0.01)
+        self.info["timeout"] = True
+
+
+# --------------------------------------------------------------------------- UI drawing
+class UIRecorder:
+    """A stand-in for UILayout (background Blender draws no UI): records what a panel
+    draws and checks every property and operator it names exists."""
+
+    def __init__(self, log: list, problems: list):
+        self._log, self._problems = log, problems
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+
+    def _child(self, *args, **kwargs):
+        return UIRecorder(self._log, self._problems)
+
+    row = column = box = split = grid_flow = column_flow = _child
+
+    def prop(self, data, prop, **kwargs):
+        data = getattr(data, "_target", data)
+        if prop not in data.bl_rna.properties:
+            self._problems.append(f"prop {type(data).__name__}.{prop} does not exist")
+        self._log.append(("prop", prop))
+
+    def operator(self, idname, **kwargs):
+        cat, _, name = idname.partition(".")
+        op = getattr(getattr(bpy.ops, cat), name)
+        try:
+            rna = op.get_rna_type()
+        except KeyError:
+            self._problems.append(f"operator {idname} does not exist")
+            rna = None
+        self._log.append(("operator", idname))
+        return OperatorProps(rna, idname, self._problems)
+
+    def label(self, text="", **kwargs):
+        self._log.append(("label", text))
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        assert 0.0 <= factor <= 1.0, factor
+        self._log.append(("progress", text))
+
+    def separator(self, **kwargs):
+        pass
+
+
+class OperatorProps:
+    def __init__(self, rna, idname, problems):
+        object.__setattr__(self, "_rna", rna)
+        object.__setattr__(self, "_idname", idname)
+        object.__setattr__(self, "_problems", problems)
+
+    def __setattr__(self, name, value):
+        if self._rna is not None and name not in self._rna.properties:
+            self._problems.append(f"operator {self._idname} has no property {name}")
+
+
+class PanelProxy:
+    """``self`` for a draw function: a layout, everything else from the real object."""
+
+    def __init__(self, target, layout):
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "layout", layout)
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+def draw_everything(sub) -> dict:
+    """Draw every panel, the preferences and the status bar, idle and while running."""
+    context = bpy.context
+    results = {}
+    panels = [getattr(bpy.types, n) for n in dir(bpy.types) if n.startswith("WORLD_PT_sphere")]
+    prefs = context.preferences.addons[PKG].preferences
+
+    def draw_all(label):
+        log, problems = [], []
+        for cls in panels:
+            if cls.poll(context):
+                cls.draw(PanelProxy(None, UIRecorder(log, problems)), context)
+        type(prefs).draw(PanelProxy(prefs, UIRecorder(log, problems)), context)
+        sub.panels.draw_status_bar(PanelProxy(None, UIRecorder(log, problems)), context)
+        results[label] = {"log": log, "problems": problems}
+
+    draw_all("idle")
+    ops = sub.operators
+    run = sub.worker_client.GenerationRun("python", {"prompt": "x"})
+    ops._ACTIVE = ops.Generation(run, Path(tempfile.gettempdir()), "Scene", {}, {})
+    sub.installer.STATE.running, sub.installer.STATE.total = True, 3
+    sub.worker_client.LAST_CHECK.done = True
+    sub.worker_client.LAST_CHECK.lines = ["SphereDiff engine 0.1.0"]
+    sub.worker_client.LAST_CHECK.problems = ["Missing in the worker Python: torch"]
+    scene = context.scene
+    scene.spherediff.last_image = "//spherediff/x.png"
+    scene.spherediff.last_error = "a long error message " * 8
+    scene.spherediff.model_preset = "CUSTOM"
+    scene.spherediff.size = "CUSTOM"
+    try:
+        draw_all("running")
+    finally:
+        ops._ACTIVE = None
+        sub.installer.STATE.running = False
+    return results
+
+
+# --------------------------------------------------------------------------- scenarios
+def scenario_register(args, out: dict) -> None:
+    out["before"] = registered()
+    out["install"] = install_and_enable(args.zip)
+    out["enabled"] = registered()
+    import spherediff_core
+
+    out["engine_file"] = spherediff_core.__file__
+    from spherediff_core import options  # the add-on's validation: torch-free
+
+    out["engine_default_model"] = options.DEFAULT_MODEL
+    sub = sys.modules[SUB]
+    out["addon_package"] = sub.preferences.ADDON_PACKAGE
+    out["user_folder"] = str(sub.preferences.user_folder())
+    out["heavy_modules"] = heavy_modules()
+    # Drawing the panel needs a window; check at least that its poll and the ops' polls run.
+    out["ui"] = draw_everything(sub)
+    out["generate_options"] = sorted(bpy.types.SPHEREDIFF_OT_generate.bl_options)
+    out["generate_poll"] = bpy.ops.spherediff.generate.poll()
+    out["cancel_poll"] = bpy.ops.spherediff.cancel.poll()
+    bpy.ops.preferences.addon_disable(module=PKG)
+    out["disabled"] = registered()
+    bpy.ops.preferences.addon_enable(module=PKG)
+    out["reenabled"] = registered()
+    bpy.ops.preferences.addon_disable(module=PKG)
+    out["disabled_again"] = registered()
+    out["heavy_modules_end"] = heavy_modules()
+
+
+def scenario_generate(args, out: dict) -> None:
+    work = Path(args.work)
+    model = args.model
+    # An empty file (no World: the first generation must create one), then the extension.
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    ops_mod = sys.modules[SUB + ".operators"]
+    world_mod = sys.modules[SUB + ".world"]
+    scene = bpy.context.scene
+    out["world_before_first"] = scene.world.name if scene.world else None
+
+    # The unsaved-file folder rule, then save so that // is work/.
+    out["unsaved_output_folder"] = str(world_mod.output_folder("//spherediff/"))
+    blend = work / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    out["saved_output_folder"] = str(world_mod.output_folder("//spherediff/"))
+
+    s = scene.spherediff
+    s.prompt = "a misty pine forest at dawn"
+    s.model_preset = "CUSTOM"
+    s.custom_model = model
+    s.size = "CUSTOM"
+    s.width = 256
+    s.auto_steps = False
+    s.steps = 2
+    s.random_seed = False
+    s.seed = 7
+
+    worker_pids = []
+
+    # 1. First generation: creates the World and the node chain.
+    first = call_generate()
+    out["first"] = first
+    out["first_snapshot"] = world_snapshot(scene)
+    env = world_mod.find_node(scene.world.node_tree, "environment")
+    img = env.image
+    out["first_image"] = {
+        "name": img.name,
+        "filepath": img.filepath,
+        "abspath": bpy.path.abspath(img.filepath),
+        "size": list(img.size),
+        "colorspace": img.colorspace_settings.name,
+        "packed": img.packed_file is not None,
+        "sidecar_exists": Path(bpy.path.abspath(img.filepath)).with_suffix(".json").is_file(),
+        "projection": env.projection,
+        "custom": {k: img[k] for k in img.keys() if k.startswith("spherediff")},  # noqa: SIM118
+    }
+    out["first_settings"] = {
+        "last_image": s.last_image,
+        "last_seed": s.last_seed,
+        "last_seconds": s.last_seconds,
+        "last_model": s.last_model,
+        "last_error": s.last_error,
+    }
+    out["active_output"] = [
+        n.name
+        for n in scene.world.node_tree.nodes
+        if n.bl_idname == "ShaderNodeOutputWorld" and n.is_active_output
+    ]
+    out["after_first"] = {
+        "staging": staging_leftovers(),
+        "children": child_processes(),
+        "heavy_modules": heavy_modules(),
+    }
+
+    # 2. Cycles renders of the world towards +X and straight up.
+    out["renders"] = render_views(scene, work)
+
+    # 3. Re-run: a user node, a new seed, rotation and strength, packing.
+    tree = scene.world.node_tree
+    user = tree.nodes.new("ShaderNodeRGB")
+    user.name = "User RGB"
+    user.location = (-600, 400)
+    user_mix = tree.nodes.new("ShaderNodeValue")
+    user_mix.name = "User Value"
+    nodes_before = {n.name: n.as_pointer() for n in tree.nodes}
+    second = call_generate(seed=8, rotation_z=0.5, strength=2.0, pack_image=True)
+    out["second"] = second
+    out["second_snapshot"] = world_snapshot(scene)
+    nodes_after = {n.name: n.as_pointer() for n in tree.nodes}
+    out["second_same_nodes"] = {
+        name: nodes_before.get(name) == ptr for name, ptr in nodes_after.items()
+    }
+    env = world_mod.find_node(tree, "environment")
+    out["second_image"] = {
+        "name": env.image.name,
+        "filepath": env.image.filepath,
+        "packed": env.image.packed_file is not None,
+        "old_image_still_there": out["first_image"]["name"] in bpy.data.images,
+        "files": sorted(p.name for p in (work / "spherediff").iterdir()),
+    }
+
+    # 4. Failures: each must leave the World untouched and report a clear error.
+    failures = {}
+
+    def failure(name, env_python=None, **kwargs):
+        before = world_snapshot(scene)
+        saved = os.environ.get("SPHEREDIFF_PYTHON")
+        if env_python is not None:
+            os.environ["SPHEREDIFF_PYTHON"] = env_python
+        try:
+            res = call_generate(**kwargs)
+        finally:
+            if saved is None:
+                os.environ.pop("SPHEREDIFF_PYTHON", None)
+            else:
+                os.environ["SPHEREDIFF_PYTHON"] = saved
+        res["unchanged"] = world_snapshot(scene) == before
+        if not res["unchanged"]:
+            res["before"], res["after"] = before, world_snapshot(scene)
+        res["staging"] = staging_leftovers()
+        res["children"] = child_processes()
+        failures[name] = res
+        return res
+
+    failure("missing_python", env_python=str(work / "no-such-python"))
+    failure("python_without_engine", env_python=sys.executable)
+    failure("empty_prompt", prompt="")
+    failure("odd_width", width=301)
+    failure("missing_model_folder", custom_model=str(work / "no-such-model"))
+    odd_model = work / "not-a-pipeline"
+    odd_model.mkdir(exist_ok=True)
+    (odd_model / "model_index.json").write_text(json.dumps({"_class_name": "NotAPipeline"}))
+    failure("unsupported_model", custom_model=str(odd_model))
+
+    slow = {"steps": 400, "seed": 9}
+    watcher = Watcher(ops_mod, "kill")
+    watcher.start()
+    res = failure("killed", **slow)
+    watcher.join(5)
+    gen = watcher.info.pop("generation", None)
+    res["watcher"] = dict(watcher.info)
+    if gen is not None:
+        worker_pids.append(gen.run.pid)
+
+    watcher = Watcher(ops_mod, "cancel")
+    watcher.start()
+    res = failure("cancel", **slow)
+    watcher.join(5)
+    gen = watcher.info.pop("generation", None)
+    res["watcher"] = dict(watcher.info)
+    if gen is not None:
+        worker_pids.append(gen.run.pid)
+        res["stop_s"] = (gen.run.finished_at or 0) - watcher.info["at"]
+        res["worker_returncode"] = gen.run.process.returncode()
+        res["cancel_escalation"] = {
+            "terminated": gen.run.process.terminated,
+            "killed": gen.run.process.killed,
+        }
+    out["failures"] = failures
+
+    # 5. Afterwards: nothing heavy imported, nothing running, nothing left behind.
+    out["end"] = {
+        "heavy_modules": heavy_modules(),
+        "children": child_processes(),
+        "worker_pids_alive": [pid for pid in worker_pids if pid_alive(pid)],
+        "staging": staging_leftovers(),
+        "active_generation": ops_mod.active_generation() is not None,
+        "tempdir": tempfile.gettempdir(),
+    }
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
+def render_views(scene, work: Path) -> dict:
+    """Cycles renders (float EXR) through cameras looking at +X and straight up."""
+    sys.path.insert(0, str(HERE))
+    import render_erp_convention as rec  # the ERP convention test's own render set-up
+
+    res, fov = 8, 20.0
+    rec.configure_render(
+        scene,
+        argparse.Namespace(samples=4, filter_width=0.01, resolution=res, no_persistent_data=False),
+    )
+    cam = rec.make_camera(scene, fov)
+    views = {}
+    for name, fwd in (("+X", (1.0, 0.0, 0.0)), ("+Z", (0.0, 0.0, 1.0))):
+        view = {"name": name, "forward": list(fwd), "up": list(rec.default_up(fwd))}
+        rgb = rec.render_view(scene, cam, view, str(work / f"render_{name[1]}.exr"))
+        views[name] = {"up": view["up"], "pixels": rgb.astype(float).round(6).tolist()}
+    bpy.data.objects.remove(cam)
+    return {"resolution": res, "fov_deg": fov, "views": views}
+
+
+def scenario_installer(args, out: dict) -> None:
+    out["install"] = install_and_enable(args.zip)
+    sub = sys.modules[SUB]
+    prefs_mod = sub.preferences
+    wc = sub.worker_client
+    os.environ.pop("SPHEREDIFF_PYTHON", None)
+    out["before"] = prefs_mod.resolve_worker_python()
+    t0 = time.monotonic()
+    try:
+        res = bpy.ops.spherediff.install_dependencies(
+            wheel_folder=args.wheelhouse, with_dependencies=False
+        )
+        out["result"], out["error"] = sorted(res), None
+    except RuntimeError as exc:
+        out["result"], out["error"] = None, str(exc)
+    out["install_s"] = time.monotonic() - t0
+    state = sub.installer.STATE
+    out["state"] = {"message": state.message, "failed": state.failed, "hello": state.hello}
+    out["venv"] = str(prefs_mod.venv_folder())
+    out["after"] = prefs_mod.resolve_worker_python()
+    log = sub.installer.log_path(prefs_mod.user_folder())
+    out["log_exists"] = log.is_file()
+    out["log_text"] = log.read_text(encoding="utf-8")[-6000:] if log.is_file() else ""
+    try:
+        res = bpy.ops.spherediff.check_worker()
+        out["check_result"] = sorted(res)
+    except RuntimeError as exc:
+        out["check_result"] = str(exc)
+    check = wc.LAST_CHECK
+    out["check"] = {"lines": check.lines, "problems": check.problems, "ok": check.ok}
+    out["heavy_modules"] = heavy_modules()
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
+def main() -> int:
+    args = parse_args()
+    out: dict = {"blender_version": bpy.app.version_string, "scenario": args.scenario}
+    code = 0
+    try:
+        {
+            "register": scenario_register,
+            "generate": scenario_generate,
+            "installer": scenario_installer,
+        }[args.scenario](args, out)
+    except Exception:  # noqa: BLE001 - reported to the test, which fails on it
+        out["fatal"] = traceback.format_exc()
+        code = 1
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(out, fh, indent=1, default=str)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
