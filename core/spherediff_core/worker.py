@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,12 +62,18 @@ def _claim_stdout() -> IO[str]:
 
 
 class EventWriter:
-    """Writes one JSON object per line and flushes; thread-safe; never raises."""
+    """Writes one JSON object per line and flushes; thread-safe; never raises.
 
-    def __init__(self, stream: IO[str]) -> None:
+    When the reader goes away (the add-on's Blender crashed or was killed), the stream
+    breaks; ``on_broken`` is then called once, so the worker can cancel itself rather
+    than run on as an orphan.
+    """
+
+    def __init__(self, stream: IO[str], on_broken: Callable[[], None] | None = None) -> None:
         self._stream = stream
         self._lock = threading.Lock()
         self.broken = False
+        self.on_broken = on_broken
 
     def emit(self, event: str, **fields: Any) -> None:
         line = json.dumps({"event": event, **fields}, ensure_ascii=True, allow_nan=False)
@@ -78,6 +85,8 @@ class EventWriter:
                 self._stream.flush()
             except (OSError, ValueError):  # the reader went away; nothing left to tell
                 self.broken = True
+                if self.on_broken is not None:
+                    self.on_broken()
 
 
 class ProgressThrottle:
@@ -278,9 +287,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         prepare_environment,
     )
 
-    events = EventWriter(_claim_stdout())
     _configure_logging()
     token = CancelToken()
+    events = EventWriter(
+        _claim_stdout(), on_broken=lambda: token.cancel("the event stream's reader went away")
+    )
     install_cancel_signals(
         token, on_first=lambda name: logger.info("%s received: cancelling", name)
     )

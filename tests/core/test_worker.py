@@ -11,7 +11,7 @@ import sys
 import pytest
 import spherediff_core
 from spherediff_core import runner, worker
-from spherediff_core.errors import BadInputError, UnsupportedModelError
+from spherediff_core.errors import EXIT_CANCELLED, BadInputError, UnsupportedModelError
 from spherediff_core.options import OptionsError
 
 from tests.support.engine_process import WorkerProcess, run_worker
@@ -306,3 +306,29 @@ def test_cancel_during_model_loading_stops_at_once(engine_env, tiny_sd15, tmp_pa
     assert events[-1]["code"] == "cancelled"
     assert "standard input" in events[-1]["message"]
     assert not (tmp_path / "out").exists()
+
+
+def test_worker_cancels_itself_when_its_reader_goes_away(engine_env, tiny_sd15, tmp_path):
+    """A crashed add-on closes the event pipe: the worker must not run on as an orphan."""
+    out = tmp_path / "out" / "pano.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spherediff_core.worker"],
+        env=engine_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        proc.stdin.write((json.dumps(make_job(tiny_sd15, out, steps=40)) + "\n").encode())
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if json.loads(line).get("phase") == "denoise":
+                break
+        proc.stdout.close()  # the reader goes away mid-run
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == EXIT_CANCELLED
+    assert not out.parent.exists() or os.listdir(out.parent) == []
