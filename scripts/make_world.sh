@@ -61,4 +61,4 @@ OUT=$(cd "$OUT" && pwd)  # absolute: Blender runs with its own idea of relative 
 echo "== generating the World and rendering a preview in headless Blender"
 BLENDER_USER_RESOURCES="$OUT/.blender-user" SPHEREDIFF_PYTHON="$PWD/.venv/bin/python" \
   HF_HUB_OFFLINE=1 .venv-bpy50/bin/python scripts/make_world_blender.py \
-  --zip "$(ls -t dist/spherediff-*.zip | head -1)" --model "$MODEL" --out "$OUT" "${ARGS[@]}"
+  --zip "$(ls -t dist/spherediff-*.zip | head -1)" --model "$MODEL" --out "$OUT" ${ARGS[@]+"${ARGS[@]}"}
