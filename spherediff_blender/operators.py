@@ -2,9 +2,10 @@
 Worker and Install Dependencies.
 
 A generation never touches the scene until it has succeeded: the worker writes into a
-fresh staging folder (``tempfile.mkdtemp``); only a finished image is moved to the output
-folder and loaded into the World, in one undo step. On failure or cancel the staging
-folder is removed and the World is exactly as it was.
+fresh staging folder (``tempfile.mkdtemp``); only a finished image (or, for an animated
+world, the finished frame sequence) is moved to the output folder and loaded into the
+World, in one undo step. On failure or cancel the staging folder is removed and the World
+and the scene's frame range and rate are exactly as they were.
 """
 
 import contextlib
@@ -25,6 +26,7 @@ from bpy.types import Operator
 from . import installer, properties, worker_client, world
 from .preferences import (
     default_model_id,
+    default_video_model_id,
     get_preferences,
     offline_forced,
     resolve_worker_python,
@@ -76,12 +78,21 @@ def validate_options(options: dict) -> str:
 class Generation:
     """The running generation: its worker run, staging folder and settings."""
 
-    def __init__(self, run, staging: Path, scene_name: str, values: dict, options: dict):
+    def __init__(
+        self,
+        run,
+        staging: Path,
+        scene_name: str,
+        values: dict,
+        options: dict,
+        notes: list[str] | None = None,
+    ):
         self.run = run
         self.staging = staging
         self.scene_name = scene_name
         self.values = values
         self.options = options
+        self.notes = list(notes or [])  # warnings for the report (e.g. Pack Image ignored)
         self._last_print = 0.0
         self._last_phase = ""
         self._last_text = ""
@@ -129,21 +140,34 @@ def resolve_values(settings, op=None) -> dict:
             ("steps", "auto_steps", False),
             ("guidance", "auto_guidance", False),
             ("seed", "random_seed", False),
+            ("fps", "auto_fps", False),
             ("custom_model", "model_preset", "CUSTOM"),
             ("width", "size", "CUSTOM"),
         )
         for given, switch, value in implied:
             if props.is_property_set(given) and not props.is_property_set(switch):
                 values[switch] = value
+        # video=True (or False) without a model: when the scene's model is of the other
+        # kind, "Preferences Default" (its video model when Animated) is meant.
+        model_given = props.is_property_set("model_preset") or props.is_property_set("custom_model")
+        if props.is_property_set("video") and not model_given:
+            prefs = get_preferences()
+            info = properties.model_info(values["model_preset"], resolve_model(values, prefs))
+            if properties.kind_problem(values["video"], info):
+                values["model_preset"] = "DEFAULT"
     return values
+
+
+def resolve_model(values: dict, prefs) -> str:
+    """The Hub id or folder these settings use ("Preferences Default" follows Animated)."""
+    if values["model_preset"] == "DEFAULT":
+        return default_video_model_id(prefs) if values.get("video") else default_model_id(prefs)
+    return properties.model_id_for(values["model_preset"], values["custom_model"])
 
 
 def build_options(values: dict, prefs, output: str) -> dict:
     """The worker job's options (spherediff_core.options.GenerationOptions fields)."""
-    if values["model_preset"] == "DEFAULT":
-        model = default_model_id(prefs)
-    else:
-        model = properties.model_id_for(values["model_preset"], values["custom_model"])
+    model = resolve_model(values, prefs)
     if values["size"] == "CUSTOM":
         width = int(values["width"])
     else:
@@ -168,6 +192,16 @@ def build_options(values: dict, prefs, output: str) -> dict:
         "offline": bool(prefs.offline if prefs else False) or offline_forced(),
         "cache_dir": cache_dir or None,
         "output": output,
+        # Only for videos: a still's job stays what an engine without video understands.
+        **(
+            {
+                "video": True,
+                "frames": int(values["frames"]),
+                "fps": None if values["auto_fps"] else int(values["fps"]),
+            }
+            if values.get("video")
+            else {}
+        ),
     }
 
 
@@ -193,7 +227,17 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         prefs = get_preferences(context)
         values = resolve_values(settings, op)
 
+        notes = []
+        if values["video"] and values["pack_image"]:
+            if op is not None and op.properties.is_property_set("pack_image"):
+                return None, PACK_SEQUENCE_REFUSED
+            notes.append(PACK_SEQUENCE_IGNORED)
+            values["pack_image"] = False
+
         python, source, problem = resolve_worker_python(context)
+        if problem:
+            return None, problem
+        problem = properties.generation_problem(values, resolve_model(values, prefs))
         if problem:
             return None, problem
         placeholder = str(Path(tempfile.gettempdir()) / "spherediff.png")
@@ -206,7 +250,8 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
             return None, problem
 
         staging = Path(tempfile.mkdtemp(prefix="spherediff-"))
-        options["output"] = str(staging / "panorama.png")
+        # A video's outputs are named by the stem: world_frames/frame_0001.png..., world.mp4
+        options["output"] = str(staging / ("world.png" if values["video"] else "panorama.png"))
         log = None
         with contextlib.suppress(OSError):
             log = user_folder(create=True) / "worker.log"
@@ -220,8 +265,51 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         if not run.start():
             shutil.rmtree(staging, ignore_errors=True)
             return None, run.failure.message
-        _ACTIVE = Generation(run, staging, scene.name, values, options)
+        _ACTIVE = Generation(run, staging, scene.name, values, options, notes)
         return _ACTIVE, ""
+
+
+PACK_SEQUENCE_REFUSED = (
+    "Pack Image cannot be used for an animated world: Blender cannot pack an image "
+    "sequence; the frames are saved in the output folder (turn Pack Image off)"
+)
+PACK_SEQUENCE_IGNORED = (
+    "Pack Image ignored: Blender cannot pack an image sequence; the frames stay in the "
+    "output folder"
+)
+
+
+def generate_poll_problem(context) -> str:
+    """Why the Generate button (World properties) cannot run with the scene's settings.
+
+    Only for the button: a script's call passes its own values, which ``execute`` checks
+    with the same words.
+    """
+    area = getattr(context, "area", None)
+    scene = getattr(context, "scene", None)
+    if area is None or area.type != "PROPERTIES" or scene is None:
+        return ""
+    settings = scene.spherediff
+    values = {key: getattr(settings, key) for key in properties.GENERATION_KEYS}
+    return properties.generation_problem(values, resolve_model(values, get_preferences(context)))
+
+
+class VideoResult:
+    """The frame sequence of a video ``result`` event (docs/worker-protocol.md)."""
+
+    def __init__(self, result: dict):
+        first = result.get("first_frame") or result.get("image")
+        if not isinstance(first, str) or not first:
+            raise ValueError("the worker's result names no first frame")
+        self.first_frame = Path(first)
+        folder = result.get("frames_dir")
+        self.frames_dir = Path(folder) if isinstance(folder, str) else self.first_frame.parent
+        count = result.get("frames")
+        self.frames = count if isinstance(count, int) and not isinstance(count, bool) else None
+        fps = result.get("fps")
+        self.fps = fps if isinstance(fps, int) and not isinstance(fps, bool) else None
+        mp4 = result.get("mp4")
+        self.mp4 = Path(mp4) if isinstance(mp4, str) and mp4 else None
 
 
 def finish_generation(context, gen: Generation) -> tuple[bool, str]:
@@ -241,6 +329,8 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
                 print(f"SphereDiff worker details:\n{run.failure.detail}", file=sys.stderr)
             return False, message
         result = run.result
+        if gen.values.get("video"):
+            return _finish_video(scene, gen, result)
         folder = world.output_folder(gen.values["output_dir"])
         seed = int(result.get("seed", gen.options["seed"]))
         try:
@@ -272,6 +362,8 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
         settings.last_seed = seed if seed <= properties.MAX_SEED else 0
         settings.last_seconds = seconds
         settings.last_model = gen.options["model"]
+        settings.last_frames = 0
+        settings.last_fps = 0
         settings.last_error = ""
         return True, f"{dest.name} (seed {seed}, {worker_client.format_seconds(seconds)})"
     finally:
@@ -279,6 +371,86 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
         with _LOCK:
             if _ACTIVE is gen:
                 _ACTIVE = None
+
+
+def _finish_video(scene, gen: Generation, result: dict) -> tuple[bool, str]:
+    """Move the frame sequence (with its MP4 and sidecar) to the output folder and load it
+    into the World. Nothing is left in the output folder when this fails."""
+    settings = scene.spherediff
+    folder = world.output_folder(gen.values["output_dir"])
+    seed = int(result.get("seed", gen.options["seed"]))
+
+    def failed(message: str) -> tuple[bool, str]:
+        settings.last_error = message
+        return False, message
+
+    try:
+        video = VideoResult(result)
+    except ValueError as exc:
+        return failed(str(exc))
+    frames = world.sequence_files(video.first_frame)
+    if not frames or (video.frames is not None and len(frames) != video.frames):
+        return failed(
+            f"the worker reported {video.frames} frames in {str(video.frames_dir)!r} but "
+            f"{len(frames)} are there"
+        )
+    count = len(frames)
+    fps = video.fps or gen.options.get("fps") or 24
+
+    dest = world.unique_image_path(folder, seed)
+    _, dest_sidecar, dest_frames, dest_mp4 = world.sequence_paths(dest)
+    placed: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        dest_frames.mkdir()
+        placed.append(dest_frames)
+        for frame in frames:
+            shutil.move(frame, dest_frames / frame.name)
+        for src, dst in ((video.mp4, dest_mp4), (result.get("sidecar"), dest_sidecar)):
+            if isinstance(src, (str, Path)) and Path(src).is_file():
+                shutil.move(src, dst)
+                placed.append(dst)
+    except OSError as exc:
+        for path in placed:  # never half a sequence in the output folder
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return failed(f"could not save the frames in {str(folder)!r}: {exc}")
+
+    first = dest_frames / frames[0].name
+    metadata = {
+        "seed": seed,
+        "model": gen.options["model"],
+        "prompt": gen.options["prompt"][:1000],
+        "frames": count,
+        "fps": int(fps),
+        "mp4": world.blend_relative(dest_mp4) if dest_mp4 in placed else None,
+    }
+    world.set_from_sequence(
+        scene,
+        first,
+        frame_count=count,
+        fps=int(fps),
+        loop=gen.values["loop"],
+        match_scene_range=gen.values["match_scene"],
+        rotation_z=gen.values["rotation_z"],
+        strength=gen.values["strength"],
+        metadata=metadata,
+    )
+    seconds = float(result.get("seconds") or gen.run.elapsed_s)
+    settings.last_image = world.blend_relative(first)
+    settings.last_seed = seed if seed <= properties.MAX_SEED else 0
+    settings.last_seconds = seconds
+    settings.last_model = gen.options["model"]
+    settings.last_frames = count
+    settings.last_fps = int(fps)
+    settings.last_error = ""
+    return True, (
+        f"{dest_frames.name}: {count} frames at {fps} fps "
+        f"(seed {seed}, {worker_client.format_seconds(seconds)})"
+    )
 
 
 def abort_active() -> None:
@@ -332,6 +504,10 @@ class SPHEREDIFF_OT_generate(Operator):
         if context.scene is None:
             cls.poll_message_set("There is no scene")
             return False
+        problem = generate_poll_problem(context)
+        if problem:
+            cls.poll_message_set(problem)
+            return False
         return True
 
     def invoke(self, context, event):
@@ -383,6 +559,8 @@ class SPHEREDIFF_OT_generate(Operator):
         ok, message = finish_generation(context, gen)
         tag_redraw(context)
         if ok:
+            for note in gen.notes:
+                self.report({"WARNING"}, f"SphereDiff: {note}")
             self.report({"INFO"}, f"SphereDiff: {message}")
             return {"FINISHED"}
         if gen.run.failure is not None and gen.run.failure.code == "cancelled":

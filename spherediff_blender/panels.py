@@ -1,10 +1,28 @@
 """World Properties > SphereDiff, and the progress bar in the status bar."""
 
+from pathlib import Path
+
 import bpy
 from bpy.types import Panel
 
-from . import operators, worker_client
+from . import operators, properties, worker_client
 from .preferences import ADDON_PACKAGE, get_preferences, offline_forced, resolve_worker_python
+
+
+def _settings_values(settings) -> dict:
+    return {key: getattr(settings, key) for key in properties.GENERATION_KEYS}
+
+
+def _model_info(context, settings) -> properties.ModelInfo:
+    values = _settings_values(settings)
+    model = operators.resolve_model(values, get_preferences(context))
+    return properties.model_info(values["model_preset"], model)
+
+
+def _wrapped_label(layout, text: str, icon: str, width: int = 60) -> None:
+    col = layout.column(align=True)
+    for i, line in enumerate(operators.wrap(text, width)):
+        col.label(text=line, icon=icon if i == 0 else "BLANK1")
 
 
 class _SphereDiffPanel:
@@ -59,6 +77,9 @@ class WORLD_PT_spherediff_settings(_SphereDiffPanel, Panel):
         col.prop(s, "model_preset")
         if s.model_preset == "CUSTOM":
             col.prop(s, "custom_model", text="Hub ID / Folder")
+        problem = properties.kind_problem(s.video, _model_info(context, s))
+        if problem:
+            _wrapped_label(col, problem, "ERROR", 50)
         prefs = get_preferences(context)
         if offline_forced() or (prefs is not None and prefs.offline):
             col.label(text="Offline: only local or already downloaded models", icon="INFO")
@@ -102,9 +123,59 @@ class WORLD_PT_spherediff_output(_SphereDiffPanel, Panel):
         col.prop(s, "strength")
         col = layout.column()
         col.prop(s, "output_dir", text="Folder")
-        col.prop(s, "pack_image")
-        if not bpy.data.filepath and s.output_dir.startswith("//") and not s.pack_image:
+        row = col.row()
+        row.active = not s.video  # Blender cannot pack an image sequence
+        row.prop(s, "pack_image")
+        if s.video and s.pack_image:
+            col.label(text="Animated worlds are not packed: Blender cannot pack", icon="INFO")
+            col.label(text="an image sequence; the frames stay in the folder", icon="BLANK1")
+        packed = s.pack_image and not s.video
+        if not bpy.data.filepath and s.output_dir.startswith("//") and not packed:
             col.label(text="Unsaved file: images go to the temporary folder", icon="INFO")
+
+
+class WORLD_PT_spherediff_animated(_SphereDiffPanel, Panel):
+    bl_label = "Animated"
+    bl_parent_id = "WORLD_PT_spherediff"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_header(self, context):
+        self.layout.prop(context.scene.spherediff, "video", text="")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        s = context.scene.spherediff
+        layout.active = s.video
+        info = _model_info(context, s)
+
+        col = layout.column()
+        col.prop(s, "frames")
+        col = layout.column(heading="FPS")
+        row = col.row(align=True)
+        row.prop(s, "auto_fps", text="Auto")
+        sub = row.row(align=True)
+        sub.active = not s.auto_fps
+        sub.prop(s, "fps", text="")
+        col = layout.column()
+        col.prop(s, "loop")
+        col.prop(s, "match_scene")
+
+        if not s.video:
+            layout.label(text="Turn on Animated for a 360° video world", icon="INFO")
+            return
+        # (A model of the wrong kind is shown under the model and at the button.)
+        problem = properties.frames_problem(s.frames, info)
+        if problem:
+            _wrapped_label(layout, problem, "ERROR", 50)
+        elif info.kind == "video":
+            fps = s.fps if not s.auto_fps else info.fps
+            layout.label(
+                text=f"{info.name}: {info.compression}k+1 frames; "
+                f"{s.frames} frames = {s.frames / fps:.1f} s at {fps} fps",
+                icon="INFO",
+            )
 
 
 class WORLD_PT_spherediff_generate(_SphereDiffPanel, Panel):
@@ -134,15 +205,26 @@ class WORLD_PT_spherediff_generate(_SphereDiffPanel, Panel):
                 ).module = ADDON_PACKAGE
             row = layout.row()
             row.scale_y = 1.5
-            row.enabled = bool(s.prompt.strip())
-            row.operator("spherediff.generate", icon="WORLD")
-            if not s.prompt.strip():
+            problem = operators.generate_poll_problem(context)
+            row.enabled = bool(s.prompt.strip()) and not problem
+            row.operator(
+                "spherediff.generate",
+                text="Generate Animated World" if s.video else "Generate World",
+                icon="RENDER_ANIMATION" if s.video else "WORLD",
+            )
+            if problem:
+                _wrapped_label(layout, problem, "ERROR")
+            elif not s.prompt.strip():
                 layout.label(text="Write a prompt to generate", icon="INFO")
 
         if s.last_image:
             box = layout.box()
             col = box.column(align=True)
-            col.label(text=bpy.path.basename(s.last_image), icon="IMAGE_DATA")
+            if s.last_frames:
+                col.label(text=Path(s.last_image).parent.name, icon="RENDER_ANIMATION")
+                col.label(text=f"{s.last_frames} frames at {s.last_fps} fps")
+            else:
+                col.label(text=bpy.path.basename(s.last_image), icon="IMAGE_DATA")
             col.label(text=f"Seed {s.last_seed}, {worker_client.format_seconds(s.last_seconds)}")
             if s.last_model:
                 col.label(text=s.last_model)
@@ -175,6 +257,7 @@ classes = (
     WORLD_PT_spherediff,
     WORLD_PT_spherediff_directional,
     WORLD_PT_spherediff_settings,
+    WORLD_PT_spherediff_animated,
     WORLD_PT_spherediff_output,
     WORLD_PT_spherediff_generate,
 )

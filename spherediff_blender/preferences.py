@@ -17,7 +17,7 @@ from bpy.props import BoolProperty, EnumProperty, StringProperty
 from bpy.types import AddonPreferences
 
 from . import installer, worker_client
-from .properties import MODEL_ITEMS_NO_DEFAULT
+from .properties import DEFAULT_VIDEO_PRESET, MODEL_ITEMS_NO_DEFAULT, VIDEO_MODEL_ITEMS_NO_DEFAULT
 
 # The extension's own package (bl_ext.<repository>.spherediff): AddonPreferences.bl_idname
 # and extension_path_user() need it, and this sub-package sits one level below it.
@@ -108,6 +108,15 @@ def default_model_id(prefs) -> str:
     return model_id_for(prefs.default_model, prefs.default_custom_model)
 
 
+def default_video_model_id(prefs) -> str:
+    """The model of "Preferences Default" for animated worlds."""
+    from .properties import model_id_for
+
+    if prefs is None:
+        return model_id_for(DEFAULT_VIDEO_PRESET, "")
+    return model_id_for(prefs.default_video_model, prefs.default_video_custom_model)
+
+
 class SphereDiffPreferences(AddonPreferences):
     bl_idname = ADDON_PACKAGE
 
@@ -171,6 +180,19 @@ class SphereDiffPreferences(AddonPreferences):
         description="Hugging Face Hub id (owner/name) or a local diffusers model folder",
         default="",
     )
+    default_video_model: EnumProperty(
+        name="Default Video Model",
+        description=(
+            "The model of animated worlds when a scene's model is set to Preferences Default"
+        ),
+        items=VIDEO_MODEL_ITEMS_NO_DEFAULT,
+        default=DEFAULT_VIDEO_PRESET,
+    )
+    default_video_custom_model: StringProperty(
+        name="Custom Video Model",
+        description="Hugging Face Hub id (owner/name) or a local diffusers video model folder",
+        default="",
+    )
     wheel_folder: StringProperty(
         name="Local Wheels",
         description=(
@@ -231,6 +253,9 @@ class SphereDiffPreferences(AddonPreferences):
         box.prop(self, "default_model")
         if self.default_model == "CUSTOM":
             box.prop(self, "default_custom_model")
+        box.prop(self, "default_video_model")
+        if self.default_video_model == "CUSTOM":
+            box.prop(self, "default_video_custom_model")
         box.prop(self, "cache_dir")
         row = box.row()
         row.enabled = not offline_forced()

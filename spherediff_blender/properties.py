@@ -2,7 +2,15 @@
 
 The generate operator has the same properties (built by :func:`generation_properties`), so
 a script can pass any of them; the ones it leaves unset come from the scene's settings.
+
+Image models make stills, video models (``VIDEO_MODEL_PRESETS``) make animated worlds
+(``video``, "Animated"): :func:`model_info` tells which kind a model is (without torch:
+from the preset, or a local folder's ``model_index.json``) and :func:`generation_problem`
+says in words why a combination cannot work, before a worker starts.
 """
+
+import json
+from pathlib import Path
 
 import bpy
 from bpy.props import (
@@ -60,7 +68,43 @@ MODEL_PRESETS = (
         "stabilityai/stable-diffusion-3.5-large",
     ),
 )
-MODEL_IDS = {key: hub_id for key, _, _, hub_id in MODEL_PRESETS}
+# Video models, for animated worlds (``video``): (identifier, label, description, Hub id).
+VIDEO_MODEL_PRESETS = (
+    (
+        "LTX",
+        "LTX-Video",
+        "LTX-Video (Lightricks), the SphereDiff paper's video model: 8k+1 frames, 24 fps "
+        "(its T5 text encoder alone is about 10 GB in half precision; Model CPU Offload "
+        "helps on smaller GPUs)",
+        "Lightricks/LTX-Video",
+    ),
+    (
+        "WAN",
+        "Wan 2.1 T2V 1.3B",
+        "Wan 2.1 text-to-video 1.3B: 4k+1 frames, 16 fps (its UMT5 text encoder is about "
+        "11 GB in half precision; Model CPU Offload helps on smaller GPUs)",
+        "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    ),
+)
+MODEL_IDS = {key: hub_id for key, _, _, hub_id in (*MODEL_PRESETS, *VIDEO_MODEL_PRESETS)}
+MODEL_LABELS = {key: label for key, label, _, _ in (*MODEL_PRESETS, *VIDEO_MODEL_PRESETS)}
+VIDEO_PRESET_KEYS = tuple(key for key, *_ in VIDEO_MODEL_PRESETS)
+DEFAULT_VIDEO_PRESET = "LTX"
+
+# What the engine's video adapters take (spherediff_core.adapters, which need torch):
+# diffusers pipeline class -> (name, temporal compression: frames = k * compression + 1,
+# the model's own frame rate).
+VIDEO_PIPELINES = {"LTXPipeline": ("LTX-Video", 8, 24), "WanPipeline": ("Wan", 4, 16)}
+IMAGE_PIPELINES = {
+    "SanaPipeline": "SANA",
+    "StableDiffusionPipeline": "Stable Diffusion",
+    "StableDiffusionXLPipeline": "Stable Diffusion XL",
+    "FluxPipeline": "FLUX.1",
+    "StableDiffusion3Pipeline": "Stable Diffusion 3",
+}
+VIDEO_PRESET_RULES = {"LTX": ("LTX-Video", 8, 24), "WAN": ("Wan 2.1", 4, 16)}
+MAX_FRAMES = 1025  # spherediff_core.options.MAX_FRAMES
+MAX_FPS = 240  # spherediff_core.options.MAX_FPS
 
 _CUSTOM_ITEM = (
     "CUSTOM",
@@ -68,9 +112,26 @@ _CUSTOM_ITEM = (
     "A Hugging Face Hub id (owner/name) or a local diffusers model folder",
 )
 MODEL_ITEMS_NO_DEFAULT = (*((k, n, d) for k, n, d, _ in MODEL_PRESETS), _CUSTOM_ITEM)
+VIDEO_MODEL_ITEMS_NO_DEFAULT = (
+    *((k, n, d) for k, n, d, _ in VIDEO_MODEL_PRESETS),
+    _CUSTOM_ITEM,
+)
+# The scene's model list: stills and video models. The numbers keep the values that files
+# saved before the video models came stored (Blender saves an enum's number).
 MODEL_ITEMS = (
-    ("DEFAULT", "Preferences Default", "The default model set in the add-on's preferences"),
-    *MODEL_ITEMS_NO_DEFAULT,
+    (
+        "DEFAULT",
+        "Preferences Default",
+        "The default model set in the add-on's preferences (its video model when Animated)",
+        "",
+        0,
+    ),
+    *((k, n, d, "", i) for i, (k, n, d, _) in enumerate(MODEL_PRESETS, start=1)),
+    *(
+        (k, n, d, "FILE_MOVIE", i)
+        for i, (k, n, d, _) in enumerate(VIDEO_MODEL_PRESETS, start=len(MODEL_PRESETS) + 2)
+    ),
+    (*_CUSTOM_ITEM, "", len(MODEL_PRESETS) + 1),
 )
 
 SIZE_WIDTHS = {"1K": 1024, "2K": 2048, "4K": 4096, "8K": 8192}
@@ -102,13 +163,143 @@ def model_id_for(preset: str, custom: str) -> str:
     return MODEL_IDS.get(preset, MODEL_IDS["SANA"])
 
 
+class ModelInfo:
+    """What the add-on knows about a model without loading it."""
+
+    def __init__(self, name: str, kind: str | None, compression: int = 1, fps: int = 0):
+        self.name = name  # for messages
+        self.kind = kind  # "image", "video", or None: unknown (a Hub id of a Custom model)
+        self.compression = compression  # video: frames = k * compression + 1
+        self.fps = fps  # video: the model's own frame rate (Auto FPS)
+
+
+_FOLDER_INFO: dict[str, tuple[float, ModelInfo]] = {}  # folder -> (index mtime, info)
+
+
+def _folder_info(model: str) -> ModelInfo:
+    """A local diffusers folder's kind, from its model_index.json (None when unknown).
+
+    Cached by the file's modification time: the panel and the button's poll ask on every
+    redraw.
+    """
+    index_path = Path(model).expanduser() / "model_index.json"
+    try:
+        mtime = index_path.stat().st_mtime
+    except OSError:
+        return ModelInfo(model, None)
+    cached = _FOLDER_INFO.get(model)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    info = _read_folder_info(model, index_path)
+    _FOLDER_INFO[model] = (mtime, info)
+    return info
+
+
+def _read_folder_info(model: str, index_path: Path) -> ModelInfo:
+    name = model
+    path = index_path.parent
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ModelInfo(name, None)
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
+    if not isinstance(class_name, str) or not class_name:
+        return ModelInfo(name, None)
+    if class_name in VIDEO_PIPELINES:
+        family, compression, fps = VIDEO_PIPELINES[class_name]
+        return ModelInfo(f"{path.name} ({family})", "video", compression, fps)
+    if class_name in IMAGE_PIPELINES:
+        return ModelInfo(f"{path.name} ({IMAGE_PIPELINES[class_name]})", "image")
+    return ModelInfo(name, None)  # a family the engine refuses with its own message
+
+
+def model_info(model_preset: str, model_id: str) -> ModelInfo:
+    """Kind and frame rule of a preset (or of ``model_id`` for Custom / defaults)."""
+    if model_preset in VIDEO_PRESET_RULES:
+        name, compression, fps = VIDEO_PRESET_RULES[model_preset]
+        return ModelInfo(name, "video", compression, fps)
+    if model_preset in MODEL_LABELS:
+        return ModelInfo(MODEL_LABELS[model_preset], "image")
+    if model_id in MODEL_IDS.values():
+        key = next(k for k, v in MODEL_IDS.items() if v == model_id)
+        return model_info(key, model_id)
+    if model_id and Path(model_id).expanduser().is_dir():
+        return _folder_info(model_id)
+    return ModelInfo(model_id or "the model", None)
+
+
+def nearest_valid_frames(frames: int, compression: int) -> list[int]:
+    """The valid counts (k * compression + 1) just below and above ``frames``."""
+    c = max(1, compression)
+    below = (frames - 1) // c * c + 1
+    candidates = [below, below + c] if below != frames else [frames]
+    return [n for n in candidates if 1 <= n <= MAX_FRAMES]
+
+
+def frames_problem(frames: int, info: ModelInfo) -> str:
+    """Why a video model cannot make ``frames`` frames (empty: it can)."""
+    if info.kind != "video" or (frames - 1) % max(1, info.compression) == 0:
+        return ""
+    near = " or ".join(str(n) for n in nearest_valid_frames(frames, info.compression))
+    return (
+        f"{frames} frames is not valid for {info.name}: it makes {info.compression}k+1 "
+        f"frames; use {near}"
+    )
+
+
+def kind_problem(video: bool, info: ModelInfo) -> str:
+    """Why the model does not fit the Animated switch (empty: it does, or it is unknown)."""
+    if video and info.kind == "image":
+        return (
+            f"{info.name} makes still images: for an animated world choose a video model "
+            "(LTX-Video or Wan 2.1), or turn Animated off"
+        )
+    if not video and info.kind == "video":
+        return (
+            f"{info.name} is a video model: turn on Animated for an animated world, or "
+            "choose an image model for a still"
+        )
+    return ""
+
+
+def generation_problem(values, model_id: str) -> str:
+    """What is wrong with the model, Animated and frames of these settings (empty: fine).
+
+    ``values`` is the scene's settings or the dict the operator resolved.
+    """
+    get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+    video = bool(get("video"))
+    info = model_info(get("model_preset"), model_id)
+    problem = kind_problem(video, info)
+    if problem or not video:
+        return problem
+    return frames_problem(int(get("frames")), info)
+
+
 def _update_world(self, context):
-    """Live update of the World's rotation and strength when the settings change."""
+    """Live update of the World's rotation, strength and loop when the settings change."""
     from . import world
 
     scene = getattr(self, "id_data", None) or context.scene
     if isinstance(scene, bpy.types.Scene):
-        world.update_live_settings(scene, self.rotation_z, self.strength)
+        world.update_live_settings(scene, self.rotation_z, self.strength, self.loop)
+
+
+def _update_video(self, context):
+    """Turning Animated on or off swaps an image preset for a video preset and back."""
+    wanted = "video" if self.video else "image"
+    current = self.model_preset
+    if current in ("DEFAULT", "CUSTOM"):
+        return  # "Preferences Default" follows Animated; a Custom model is the user's
+    kind = "video" if current in VIDEO_PRESET_KEYS else "image"
+    if kind == wanted:
+        return
+    remembered = self.other_model_preset
+    remembered_kind = "video" if remembered in VIDEO_PRESET_KEYS else "image"
+    if remembered in ("", "DEFAULT", "CUSTOM") or remembered_kind != wanted:
+        remembered = DEFAULT_VIDEO_PRESET if self.video else "DEFAULT"
+    self.other_model_preset = current
+    self.model_preset = remembered
 
 
 def generation_properties(live_update: bool) -> dict:
@@ -119,6 +310,7 @@ def generation_properties(live_update: bool) -> dict:
     """
     opts = set() if live_update else {"SKIP_SAVE"}
     update = {"update": _update_world} if live_update else {}
+    update_video = {"update": _update_video} if live_update else {}
     return {
         "prompt": StringProperty(
             name="Prompt",
@@ -240,7 +432,62 @@ def generation_properties(live_update: bool) -> dict:
         ),
         "pack_image": BoolProperty(
             name="Pack Image",
-            description="Pack the panorama into the .blend file",
+            description=(
+                "Pack the panorama into the .blend file (not for animated worlds: Blender "
+                "cannot pack an image sequence)"
+            ),
+            default=False,
+            options=opts,
+        ),
+        "video": BoolProperty(
+            name="Animated",
+            description=(
+                "Make an animated 360 degree world with a video model (LTX-Video, Wan 2.1): "
+                "a sequence of panorama frames played by the Environment Texture"
+            ),
+            default=False,
+            options=opts,
+            **update_video,
+        ),
+        "frames": IntProperty(
+            name="Frames",
+            description=(
+                "Number of frames of the animated world (LTX-Video takes 8k+1: 9, 17, ... "
+                "121; Wan takes 4k+1: 5, 9, ... 81)"
+            ),
+            default=49,
+            min=1,
+            max=MAX_FRAMES,
+            soft_max=257,
+            options=opts,
+        ),
+        "auto_fps": BoolProperty(
+            name="Auto FPS",
+            description="Use the model's own frame rate (LTX-Video 24, Wan 16)",
+            default=True,
+            options=opts,
+        ),
+        "fps": IntProperty(
+            name="FPS",
+            description="Frames per second of the animated world",
+            default=24,
+            min=1,
+            max=MAX_FPS,
+            options=opts,
+        ),
+        "loop": BoolProperty(
+            name="Loop",
+            description=("Play the frames over and over (off: the last frame holds after the end)"),
+            default=True,
+            options=opts,
+            **update,
+        ),
+        "match_scene": BoolProperty(
+            name="Match Scene",
+            description=(
+                "Set the scene's frame range (from its start frame, as many frames as the "
+                "sequence) and frame rate to the animated world's"
+            ),
             default=False,
             options=opts,
         ),
@@ -285,6 +532,13 @@ class SPHEREDIFF_PG_settings(PropertyGroup):
             name="Last Time", description="Seconds the last generation took"
         ),
         "last_model": StringProperty(name="Last Model", description="Model of the last generation"),
+        "last_frames": IntProperty(
+            name="Last Frames",
+            description="Frames of the last generation (0: a still)",
+        ),
+        "last_fps": IntProperty(name="Last FPS", description="Frame rate of the last generation"),
+        # The preset of the other kind (image / video), restored when Animated is toggled.
+        "other_model_preset": StringProperty(options={"HIDDEN"}),
         "last_error": StringProperty(
             name="Last Error", description="Why the last generation failed (empty: it did not)"
         ),

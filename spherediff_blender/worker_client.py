@@ -476,6 +476,8 @@ class GenerationRun:
         text = label
         if self.total and self.phase in ("denoise", "decode"):
             text += f" {self.step}/{self.total}"
+        elif self.phase == "write" and self.total > 1:  # a video's frames
+            text += f" {min(self.step, self.total - 1)}/{self.total - 1} frames"
         if self.eta_s is not None and self.phase == "denoise":
             text += f", {format_seconds(self.eta_s)} left"
         if self.cancel_requested:

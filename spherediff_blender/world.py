@@ -13,8 +13,13 @@ active output when it has no output links of its own.
 The panorama's convention is Blender's own Environment Texture mapping (see
 ``spherediff_core.geometry``), so no flip or offset is needed: with zero rotation the image
 centre faces +X and the top row is straight up.
+
+An animated world is the same chain with an image *sequence* (``source = 'SEQUENCE'``) in
+the Environment Texture: its image user plays ``frame_duration`` frames from the scene's
+start frame, cyclic when looping, refreshed on every frame change (viewport and renders).
 """
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -61,10 +66,50 @@ def unique_image_path(folder: Path, seed: int) -> Path:
     base = f"spherediff_{stamp}_seed{seed}"
     path = folder / f"{base}.png"
     n = 1
-    while path.exists() or path.with_suffix(".json").exists():
+    while any(p.exists() for p in sequence_paths(path)):
         n += 1
         path = folder / f"{base}_{n}.png"
     return path
+
+
+def sequence_paths(path: Path) -> tuple[Path, Path, Path, Path]:
+    """The files of one result named by ``path``'s stem (the engine's layout): the still
+    PNG, the sidecar, the frames folder ``<stem>_frames`` and the MP4 preview."""
+    return (
+        path.with_suffix(".png"),
+        path.with_suffix(".json"),
+        path.with_name(f"{path.stem}_frames"),
+        path.with_suffix(".mp4"),
+    )
+
+
+_FRAME_NAME = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<suffix>\.[A-Za-z0-9]+)$")
+
+
+def sequence_files(first_frame: Path) -> list[Path]:
+    """The frames of the sequence that starts with ``first_frame`` (``frame_0001.png``):
+    the files of its folder with the same name but another number, consecutive from
+    the first one's, in order."""
+    match = _FRAME_NAME.match(first_frame.name)
+    if match is None:
+        return [first_frame] if first_frame.is_file() else []
+    prefix, suffix = match["prefix"], match["suffix"]
+    numbers = {}
+    for path in first_frame.parent.iterdir():
+        other = _FRAME_NAME.match(path.name)
+        if other and other["prefix"] == prefix and other["suffix"] == suffix and path.is_file():
+            numbers[int(other["number"])] = path
+    frames, n = [], int(match["number"])
+    while n in numbers:
+        frames.append(numbers[n])
+        n += 1
+    return frames
+
+
+def frame_number(path: Path) -> int:
+    """The number in a frame's file name (1 for ``frame_0001.png``; 1 without one)."""
+    match = _FRAME_NAME.match(path.name)
+    return int(match["number"]) if match else 1
 
 
 def blend_relative(path: Path) -> str:
@@ -167,8 +212,11 @@ def _set_rotation(mapping, rotation_z: float) -> None:
         socket.default_value = value
 
 
-def update_live_settings(scene: bpy.types.Scene, rotation_z: float, strength: float) -> None:
-    """Apply rotation and strength to our nodes, if the scene's World has them."""
+def update_live_settings(
+    scene: bpy.types.Scene, rotation_z: float, strength: float, loop: bool | None = None
+) -> None:
+    """Apply rotation, strength (and loop, to a sequence) to our nodes, if the scene's
+    World has them."""
     world = scene.world
     if world is None or world.node_tree is None:
         return
@@ -178,19 +226,34 @@ def update_live_settings(scene: bpy.types.Scene, rotation_z: float, strength: fl
     background = find_node(world.node_tree, "background")
     if background is not None:
         background.inputs["Strength"].default_value = strength
+    environment = find_node(world.node_tree, "environment")
+    if (
+        loop is not None
+        and environment is not None
+        and environment.image is not None
+        and environment.image.source == "SEQUENCE"
+        and environment.image_user.use_cyclic != loop
+    ):
+        environment.image_user.use_cyclic = loop
 
 
-def load_image(path: Path, name: str, pack: bool, metadata: dict) -> bpy.types.Image:
-    """Load the panorama as a new image datablock (relative path; packed on request)."""
+def load_image(
+    path: Path, name: str, pack: bool, metadata: dict, sequence: bool = False
+) -> bpy.types.Image:
+    """Load the panorama as a new image datablock (relative path; packed on request), or
+    with ``sequence`` the frame sequence whose first frame is ``path`` (never packed:
+    Blender cannot pack an image sequence)."""
     image = bpy.data.images.load(str(path), check_existing=False)
     image.name = name
     image.filepath = blend_relative(path)
+    if sequence:
+        image.source = "SEQUENCE"
     image.colorspace_settings.name = "sRGB"
     image[TAG] = True
     for key, value in metadata.items():
         if value is not None:
             image[f"{TAG}_{key}"] = value
-    if pack:
+    if pack and not sequence:
         image.pack()
     return image
 
@@ -222,6 +285,54 @@ def set_from_file(
     previous = environment_image(scene)
     image = load_image(path, "SphereDiff " + path.stem.removeprefix("spherediff_"), pack, metadata)
     apply_environment(scene, image, rotation_z, strength)
+    if previous is not None and previous != image:
+        remove_unused_image(previous)
+    return image
+
+
+def set_sequence_user(node, frame_count: int, first_number: int, start: int, loop: bool) -> None:
+    """Play ``frame_count`` frames from scene frame ``start`` (the file numbered
+    ``first_number`` first), cyclic when ``loop``; refreshed on every frame change."""
+    user = node.image_user
+    user.frame_duration = frame_count
+    user.frame_start = start
+    user.frame_offset = first_number - 1  # scene frame ``start`` shows file number 1 + offset
+    user.use_cyclic = loop
+    user.use_auto_refresh = True
+
+
+def match_scene(scene: bpy.types.Scene, frame_count: int, fps: int) -> None:
+    """The scene plays the sequence once: start .. start + count - 1, at its frame rate."""
+    scene.frame_end = scene.frame_start + frame_count - 1
+    scene.render.fps = fps
+    scene.render.fps_base = 1.0
+
+
+def set_from_sequence(
+    scene: bpy.types.Scene,
+    first_frame: Path,
+    *,
+    frame_count: int,
+    fps: int,
+    loop: bool,
+    match_scene_range: bool,
+    rotation_z: float,
+    strength: float,
+    metadata: dict,
+) -> bpy.types.Image:
+    """Load the frame sequence that starts with ``first_frame`` into the World's
+    Environment Texture (the same nodes as a still), playing from the scene's start
+    frame; with ``match_scene_range`` the scene's frame range and rate follow it."""
+    previous = environment_image(scene)
+    name = "SphereDiff " + first_frame.parent.name.removeprefix("spherediff_").removesuffix(
+        "_frames"
+    )
+    image = load_image(first_frame, name, False, metadata, sequence=True)
+    world = apply_environment(scene, image, rotation_z, strength)
+    environment = find_node(world.node_tree, "environment")
+    set_sequence_user(environment, frame_count, frame_number(first_frame), scene.frame_start, loop)
+    if match_scene_range:
+        match_scene(scene, frame_count, fps)
     if previous is not None and previous != image:
         remove_unused_image(previous)
     return image

@@ -1,6 +1,8 @@
 """The ``spherediff`` command: generate a panorama, run the worker, print the version.
 
     spherediff generate --prompt "a misty pine forest at dawn" --size 2K --out forest.png
+    spherediff generate --model Lightricks/LTX-Video --video --frames 49 --fps 24 \
+        --prompt "waves rolling onto a beach" --out beach.mp4
     spherediff worker [--job JOB.json] [--hello]
     spherediff --version
 
@@ -40,7 +42,8 @@ __all__ = ["EXIT_CODES_HELP", "ProgressPrinter", "build_parser", "main"]
 
 EXIT_CODES_HELP = f"""\
 exit codes:
-  {EXIT_OK:<4} success: the PNG and its .json sidecar were written
+  {EXIT_OK:<4} success: the PNG (or a video's frames and MP4) and the .json sidecar were
+       written
   {EXIT_INTERNAL:<4} internal error (a bug; run with --verbose for the traceback)
   {EXIT_BAD_INPUT:<4} bad input: an option is invalid; nothing was loaded or written
   {EXIT_MODEL:<4} model not found (not a local folder, not cached, Hub unreachable), or a
@@ -114,9 +117,34 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
     ("offline", ("--offline",), {"help": "never contact the Hugging Face Hub"}),
     ("cache_dir", ("--cache-dir",), {"help": "Hugging Face cache folder"}),
     (
+        "video",
+        ("--video",),
+        {
+            "help": "a 360-degree video (video models: LTX-Video, Wan): ERP frames "
+            "<stem>_frames/frame_0001.png..., an MP4 preview <stem>.mp4 and <stem>.json"
+        },
+    ),
+    (
+        "frames",
+        ("--frames",),
+        {
+            "type": int,
+            "help": "video frames (default: the model's, 121 for LTX-Video, 81 for Wan); "
+            "LTX-Video takes 8k+1, Wan 4k+1",
+        },
+    ),
+    (
+        "fps",
+        ("--fps",),
+        {"type": int, "help": "video frame rate (default: the model's, 24 LTX-Video, 16 Wan)"},
+    ),
+    (
         "output",
         ("--out", "--output", "-o"),
-        {"help": "the PNG to write; its .json sidecar goes next to it (default: panorama.png)"},
+        {
+            "help": "the PNG to write; its .json sidecar goes next to it (default: "
+            "panorama.png). With --video its stem (.png or .mp4) names the outputs"
+        },
     ),
 ]
 
@@ -316,6 +344,15 @@ def _generate(args: argparse.Namespace) -> int:
         err.write(f"{report.message}\n")
         return report.exit_code
     progress.close()
+    if outcome.video:
+        mp4 = f", preview {outcome.mp4.name}" if outcome.mp4 is not None else ""
+        print(
+            f"wrote {outcome.frames} frames ({outcome.width}x{outcome.height}, {outcome.fps} fps) "
+            f"from {outcome.image}{mp4} in {outcome.seconds:.1f} s, seed {outcome.seed}; "
+            f"parameters in {outcome.sidecar.name}",
+            flush=True,
+        )
+        return EXIT_OK
     print(
         f"wrote {outcome.image} ({outcome.width}x{outcome.height}) in {outcome.seconds:.1f} s, "
         f"seed {outcome.seed}; parameters in {outcome.sidecar.name}",

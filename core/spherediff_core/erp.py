@@ -4,6 +4,8 @@
 ERP pixel in front of a view is projected into it, sampled bilinearly and accumulated with
 the weight exp(-r / T); the canvas is divided by the summed weights. ``erp_to_views`` is
 the reverse: it samples perspective views out of an ERP image, wrapping across the seam.
+:class:`ErpCanvas` is the blend filled batch by batch (what the pipeline uses: decoded
+views are blended as they come; a video's frames share one projection per view).
 Conventions (ERP orientation, camera frames, image coordinates) are those of
 :mod:`spherediff_core.geometry`.
 """
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from . import geometry
 
-__all__ = ["erp_to_views", "views_to_erp"]
+__all__ = ["ErpCanvas", "erp_to_views", "views_to_erp"]
 
 
 def views_to_erp(
@@ -36,36 +38,79 @@ def views_to_erp(
     """
     if images.dim() != 4 or images.shape[0] != frames.shape[0]:
         raise ValueError("images must be (V, C, Hi, Wi) with one image per frame")
-    n_views, channels, hi, wi = images.shape
-    device = images.device
-    tx, ty = geometry.tan_half_fovs(fov_deg, hi, wi)
-    half_diag = math.atan(math.hypot(tx, ty))  # angular radius of a view's corners
-    dirs = geometry.erp_pixel_directions(height, width, dtype=torch.float32).to(device)
-    row_lat = (0.5 - (torch.arange(height, dtype=torch.float64) + 0.5) / height) * math.pi
-    numerator = torch.zeros(channels, height * width, dtype=torch.float32, device=device)
-    weight = torch.zeros(height * width, dtype=torch.float32, device=device)
-    frames32 = frames.to(device=device, dtype=torch.float32)
-    lat_views = torch.asin(frames[:, 2, 2].clamp(-1.0, 1.0))
-    lon_views = torch.atan2(frames[:, 2, 1], frames[:, 2, 0])
-    col_lon = (0.5 - (torch.arange(width, dtype=torch.float64) + 0.5) / width) * 2.0 * math.pi
-    for v in range(n_views):
+    canvas = ErpCanvas(
+        frames, fov_deg, height, width, images.shape[1], temperature, device=images.device
+    )
+    canvas.add(images, torch.arange(images.shape[0]))
+    return canvas.result()
+
+
+class ErpCanvas:
+    """A weighted ERP blend filled view batch by view batch (see :func:`views_to_erp`).
+
+    For video the channels are frames x RGB: every view's projection (which ERP pixels it
+    covers, where they fall in the view, their weights) is computed once and applied to all
+    frames at once, and decoded views never need to be kept. Memory: the canvas,
+    channels x height x width float32, plus one view's samples for ``chunk_channels``
+    channels at a time.
+
+    ``frames``: (V, 3, 3) camera frames of all the plan's views; ``add`` takes view ids.
+    """
+
+    def __init__(
+        self,
+        frames: torch.Tensor,
+        fov_deg: float,
+        height: int,
+        width: int,
+        channels: int,
+        temperature: float = 0.1,
+        device: torch.device | str = "cpu",
+        chunk_channels: int = 48,
+    ) -> None:
+        self.fov_deg = fov_deg
+        self.height, self.width, self.channels = height, width, channels
+        self.temperature = temperature
+        self.device = torch.device(device)
+        self.chunk_channels = max(1, chunk_channels)
+        self.numerator = torch.zeros(
+            channels, height * width, dtype=torch.float32, device=self.device
+        )
+        self.weight = torch.zeros(height * width, dtype=torch.float32, device=self.device)
+        self._dirs = geometry.erp_pixel_directions(height, width, dtype=torch.float32).to(
+            self.device
+        )
+        self._row_lat = (0.5 - (torch.arange(height, dtype=torch.float64) + 0.5) / height) * math.pi
+        self._col_lon = (
+            (0.5 - (torch.arange(width, dtype=torch.float64) + 0.5) / width) * 2.0 * math.pi
+        )
+        self._frames32 = frames.to(device=self.device, dtype=torch.float32)
+        self._lat_views = torch.asin(frames[:, 2, 2].clamp(-1.0, 1.0))
+        self._lon_views = torch.atan2(frames[:, 2, 1], frames[:, 2, 0])
+
+    def _footprint(
+        self, v: int, tx: float, ty: float, half_diag: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The ERP pixels view ``v`` covers: (pixel indices, sample grid, weights)."""
+        width = self.width
         # Only pixels whose direction can be inside the view's cone (a spherical cap of
         # radius half_diag) are projected: a band of rows and, when the cap holds no pole,
         # the columns within its longitude half-width asin(sin(radius) / cos(lat)).
-        lat_v = float(lat_views[v])
-        rows = torch.nonzero((row_lat - lat_v).abs() <= half_diag + 1e-6).squeeze(1)
+        lat_v = float(self._lat_views[v])
+        rows = torch.nonzero((self._row_lat - lat_v).abs() <= half_diag + 1e-6).squeeze(1)
         if rows.numel() == 0:
-            continue
+            return None
         r0, r1 = int(rows.min()), int(rows.max()) + 1
         if abs(lat_v) + half_diag < math.pi / 2 - 1e-6:
             half_lon = math.asin(min(1.0, math.sin(half_diag) / math.cos(lat_v)))
-            dlon = torch.remainder(col_lon - float(lon_views[v]) + math.pi, 2 * math.pi) - math.pi
+            lon = float(self._lon_views[v])
+            dlon = torch.remainder(self._col_lon - lon + math.pi, 2 * math.pi) - math.pi
             cols = torch.nonzero(dlon.abs() <= half_lon + 2 * math.pi / width).squeeze(1)
         else:
             cols = torch.arange(width)
-        band_dirs = dirs[r0:r1][:, cols.to(device)]  # (rows, cols, 3)
-        band = band_dirs.reshape(-1, 3)
-        cam = band @ frames32[v].t()  # (P, 3): right, up, forward components
+        cols = cols.to(self.device)
+        band = self._dirs[r0:r1][:, cols].reshape(-1, 3)  # (rows * cols, 3)
+        cam = band @ self._frames32[v].t()  # (P, 3): right, up, forward components
         depth = cam[:, 2]
         front = depth > 1e-6
         x = cam[:, 0] / depth.clamp_min(1e-6) / tx
@@ -73,24 +118,52 @@ def views_to_erp(
         inside = front & (x.abs() <= 1.0) & (y.abs() <= 1.0)
         sel = torch.nonzero(inside).squeeze(1)
         if sel.numel() == 0:
-            continue
+            return None
         xs, ys = x[sel], y[sel]
         grid = torch.stack([xs, -ys], dim=-1).reshape(1, 1, -1, 2)
-        samples = F.grid_sample(
-            images[v : v + 1].to(torch.float32),
-            grid,
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=False,
-        ).reshape(channels, -1)
-        wts = torch.exp(-torch.hypot(xs, ys) / temperature)
+        wts = torch.exp(-torch.hypot(xs, ys) / self.temperature)
         n_cols = cols.numel()
-        pix = (sel // n_cols + r0) * width + cols.to(device)[sel % n_cols]
-        numerator.index_add_(1, pix, samples * wts)
-        weight.index_add_(0, pix, wts)
-    seen = weight > 0
-    out = numerator / torch.where(seen, weight, torch.ones_like(weight))
-    return out.reshape(channels, height, width)
+        pix = (sel // n_cols + r0) * width + cols[sel % n_cols]
+        return pix, grid, wts
+
+    def add(self, images: torch.Tensor, view_ids: torch.Tensor) -> None:
+        """Blend in images (n, C, Hi, Wi) of the plan's views ``view_ids`` (n,)."""
+        if images.dim() != 4 or images.shape[1] != self.channels:
+            raise ValueError(
+                f"images must be (n, {self.channels}, Hi, Wi), got {tuple(images.shape)}"
+            )
+        ids = torch.as_tensor(view_ids).reshape(-1).tolist()
+        if len(ids) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images for {len(ids)} view ids")
+        _n, channels, hi, wi = images.shape
+        tx, ty = geometry.tan_half_fovs(self.fov_deg, hi, wi)
+        half_diag = math.atan(math.hypot(tx, ty))  # angular radius of a view's corners
+        for i, v in enumerate(ids):
+            footprint = self._footprint(int(v), tx, ty, half_diag)
+            if footprint is None:
+                continue
+            pix, grid, wts = footprint
+            image = images[i : i + 1].to(device=self.device, dtype=torch.float32)
+            for c0 in range(0, channels, self.chunk_channels):
+                c1 = min(channels, c0 + self.chunk_channels)
+                samples = F.grid_sample(
+                    image[:, c0:c1],
+                    grid,
+                    mode="bilinear",
+                    padding_mode="border",
+                    align_corners=False,
+                ).reshape(c1 - c0, -1)
+                self.numerator[c0:c1].index_add_(1, pix, samples * wts)
+            self.weight.index_add_(0, pix, wts)
+
+    def result(self) -> torch.Tensor:
+        """(C, height, width) float32: the weighted average (0 where no view was added).
+
+        Divides the canvas in place (no copy): call it once, after the last ``add``.
+        """
+        seen = self.weight > 0
+        self.numerator /= torch.where(seen, self.weight, torch.ones_like(self.weight))
+        return self.numerator.reshape(self.channels, self.height, self.width)
 
 
 def erp_to_views(

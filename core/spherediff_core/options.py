@@ -31,6 +31,9 @@ MAX_WIDTH = 16384
 MAX_STEPS = 1000
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
+MAX_FRAMES = 1025
+MAX_FPS = 240
+VIDEO_SUFFIXES = (".png", ".mp4")
 
 
 class OptionsError(ValueError):
@@ -48,6 +51,14 @@ class GenerationOptions:
     Sizes: the output is an ERP image of ``width`` x ``width / 2`` pixels (``size`` picks a
     preset: 1K, 2K, 4K, 8K). The number of sphere points and the views' latent grid follow
     from the width and the model's VAE, unless ``n_points`` is set.
+
+    Video (``video=True``, video models only): ``frames`` ERP frames of that size at ``fps``
+    (both default to the model family's, e.g. 121 at 24 fps for LTX-Video). A model takes
+    only some frame counts ((frames - 1) must be a multiple of its VAE's temporal
+    compression: 8k+1 for LTX-Video, 4k+1 for Wan); the pipeline refuses others, naming the
+    nearest valid counts. ``output`` then names the outputs by its stem (it may end in .png
+    or .mp4): ``<stem>_frames/frame_0001.png``..., ``<stem>.mp4`` and ``<stem>.json``.
+    ``frames`` and ``fps`` are ignored for stills.
     """
 
     prompt: str
@@ -76,6 +87,9 @@ class GenerationOptions:
     vae_slicing: bool = False
     offline: bool = False
     cache_dir: str | None = None
+    video: bool = False
+    frames: int | None = None
+    fps: int | None = None
 
     @property
     def height(self) -> int:
@@ -142,11 +156,16 @@ class GenerationOptions:
             raise OptionsError(
                 "precision", f"{self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
             )
-        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline"):
+        # Video
+        if self.frames is not None:
+            _check_int("frames", self.frames, 1, MAX_FRAMES)
+        if self.fps is not None:
+            _check_int("fps", self.fps, 1, MAX_FPS)
+        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline", "video"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(name, f"{getattr(self, name)!r} must be true or false")
         # Files
-        _check_output(self.output)
+        _check_output(self.output, self.video)
         if self.cache_dir is not None:
             if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
                 raise OptionsError("cache_dir", f"{self.cache_dir!r} must be a folder path or null")
@@ -251,12 +270,19 @@ def _check_model_source(model: str) -> None:
         )
 
 
-def _check_output(output: Any) -> None:
+def _check_output(output: Any, video: Any = False) -> None:
     if not isinstance(output, str) or not output.strip():
         raise OptionsError("output", f"{output!r} is empty; give the PNG file to write")
     _check_no_nul("output", output)
     path = Path(output).expanduser()
-    if path.suffix.lower() != ".png":
+    if video is True:
+        if path.suffix.lower() not in VIDEO_SUFFIXES or not path.stem:
+            raise OptionsError(
+                "output",
+                f"{output!r} must end in .png or .mp4 (for a video its stem names the frames "
+                "folder, the MP4 and the sidecar)",
+            )
+    elif path.suffix.lower() != ".png":
         raise OptionsError("output", f"{output!r} must end in .png")
     if path.is_dir():
         raise OptionsError("output", f"{output!r} is a folder; give a file name ending in .png")

@@ -9,38 +9,75 @@ parameters, the output file, the timings and the creation time.
 Both files are written under temporary names in the output folder and renamed into place
 (``os.replace``), so a reader never sees half a file; on any failure the temporaries are
 removed. The temporary names derive from the output's own name, never from the prompt.
+
+A video (:func:`write_video_outputs`) is named by the output's stem: a numbered ERP frame
+sequence ``<stem>_frames/frame_0001.png``... (1-based, 4 digits: what Blender loads as an
+image sequence from its first file and a frame count), an H.264 MP4 preview ``<stem>.mp4``
+(encoded by the ffmpeg that the ``imageio-ffmpeg`` package ships) and the sidecar
+``<stem>.json``. The frames are written into a temporary folder next to the final one and
+renamed into place, the MP4 and the sidecar likewise; a cancel or a failure at any point
+leaves none of them behind (and an earlier sequence of the same name in place).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FRAME_NAME",
     "METADATA_KEY",
     "METADATA_VERSION",
     "OutputPaths",
+    "VideoOutputPaths",
     "build_metadata",
     "image_to_uint8",
     "sidecar_path_for",
+    "video_paths_for",
     "write_outputs",
+    "write_video_outputs",
 ]
 
 METADATA_KEY = "spherediff"
 METADATA_VERSION = 1
 _O_BINARY = getattr(os, "O_BINARY", 0)
+FRAME_NAME = "frame_{:04d}.png"
+"""A frame's file name in the frames folder, numbered from 1."""
+FRAME_PATTERN = "frame_%04d.png"
+"""The same as a printf pattern (ffmpeg's, and the sidecar's ``frame_pattern``)."""
 
 
 @dataclass(frozen=True)
 class OutputPaths:
     image: Path
     sidecar: Path
+
+
+@dataclass(frozen=True)
+class VideoOutputPaths:
+    """What :func:`write_video_outputs` wrote. ``mp4`` is None when no ffmpeg is available."""
+
+    frames_dir: Path
+    first_frame: Path
+    frame_count: int
+    fps: int
+    mp4: Path | None
+    sidecar: Path
+
+
+def video_paths_for(output: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    """``clip.png`` or ``clip.mp4`` -> (``clip_frames``, ``clip.mp4``, ``clip.json``)."""
+    path = Path(output).expanduser().absolute()
+    folder, stem = path.parent, path.stem
+    return folder / f"{stem}_frames", folder / f"{stem}.mp4", folder / f"{stem}.json"
 
 
 def sidecar_path_for(image: str | os.PathLike[str]) -> Path:
@@ -209,3 +246,251 @@ def write_outputs(
             image_path.unlink(missing_ok=True)
         raise
     return OutputPaths(image=image_path, sidecar=sidecar)
+
+
+# --------------------------------------------------------------------------------------
+# Video: a frame sequence, an MP4 preview and the sidecar
+# --------------------------------------------------------------------------------------
+
+
+def _temp_dir(folder: Path, final: Path, tag: str = "tmp") -> Path:
+    """Create a new, empty folder next to ``final`` with a hidden temporary name."""
+    for _ in range(100):
+        path = folder / f".{final.name}.{secrets.token_hex(4)}.{tag}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"cannot create a temporary folder in {folder}")
+
+
+class _Mp4Encoder:
+    """Frames (H, W, 3) uint8 piped to ffmpeg -> H.264 yuv420p MP4 (CRF 18, faststart).
+
+    An odd height is padded by one black row (yuv420p needs even sides). ``close`` waits for
+    ffmpeg and raises with its messages when it failed; ``abort`` kills it.
+    """
+
+    def __init__(self, exe: str, path: Path, width: int, height: int, fps: int) -> None:
+        import subprocess
+        import tempfile
+
+        self.path = path
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close() / abort()
+        cmd = [
+            exe,
+            "-hide_banner",
+            "-nostdin",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            f"{width}x{height}",
+            "-r",
+            str(fps),
+            "-i",
+            "pipe:0",
+            "-an",
+            "-vf",
+            "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "medium",
+            "-crf",
+            "18",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            "-v",
+            "error",
+            "-f",
+            "mp4",
+            str(path),
+        ]
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":  # no console window, and no share of the worker's Ctrl-Break
+            kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            **kwargs,
+        )
+
+    def send(self, frame: Any) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(frame.tobytes())
+        except OSError as exc:
+            self._proc.wait()
+            messages = self._messages()
+            raise RuntimeError(f"ffmpeg stopped while encoding the MP4: {messages}") from exc
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        code = self._proc.wait()
+        messages = self._messages()
+        self._log.close()
+        if code != 0:
+            raise RuntimeError(f"ffmpeg failed to encode the MP4 (exit {code}): {messages}")
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for stream in (self._proc.stdin, self._log):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.close()  # type: ignore[union-attr]
+
+    def _messages(self) -> str:
+        try:
+            self._log.seek(0)
+            text = self._log.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            text = ""
+        return text[-2000:] or "no messages"
+
+
+def ffmpeg_exe() -> str | None:
+    """The ffmpeg that the imageio-ffmpeg package ships (or points at); None without it."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # the package is there but has no binary for this platform
+        return None
+
+
+def write_video_outputs(
+    result: Any,
+    output: str | os.PathLike[str],
+    *,
+    versions: dict[str, str | None] | None = None,
+    timings: dict[str, float] | None = None,
+    on_frame: Any = None,
+    should_cancel: Any = None,
+    mp4: bool = True,
+) -> VideoOutputPaths:
+    """Write a video result as a frame sequence, an MP4 preview and the sidecar.
+
+    ``output`` names them by its stem (see :func:`video_paths_for`). ``on_frame(i, n)`` is
+    called after each frame (1-based); ``should_cancel()`` is polled before each one and
+    True raises CancelledError. Atomic: the frames go into a temporary folder, the MP4 and
+    the sidecar to temporary files, all in the output folder, and are renamed into place
+    at the end; on any failure (or a cancel) nothing is left behind, and a sequence of the
+    same name written earlier stays as it was. Without ffmpeg (``imageio-ffmpeg`` not
+    installed) or with ``mp4=False`` no MP4 is made (and a stale one is removed).
+
+    Every frame PNG carries the parameters (as :func:`write_outputs`) and its frame number;
+    the sidecar adds ``video``: frames, fps, the frames folder, the first frame, the
+    file-name pattern and the MP4.
+    """
+    from .errors import CancelledError
+
+    frames = result.frames
+    if frames is None:
+        raise ValueError("not a video result (frames is None); use write_outputs")
+    n_frames, _c, height, width = (int(v) for v in frames.shape)
+    fps = int(result.fps)
+    frames_dir, mp4_path, sidecar = video_paths_for(output)
+    folder = frames_dir.parent
+    first_frame = frames_dir / FRAME_NAME.format(1)
+    png_doc, sidecar_doc = build_metadata(result, versions=versions, timings=timings, output=output)
+    png_doc["video"] = {"frames": n_frames, "fps": fps}
+    exe = ffmpeg_exe() if mp4 else None
+    if mp4 and exe is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "no MP4 preview: ffmpeg is not available (install the imageio-ffmpeg package)"
+        )
+    sidecar_doc["image"] = f"{frames_dir.name}/{first_frame.name}"
+    sidecar_doc["video"] = {
+        "frames": n_frames,
+        "fps": fps,
+        "frames_folder": frames_dir.name,
+        "first_frame": f"{frames_dir.name}/{first_frame.name}",
+        "frame_pattern": FRAME_PATTERN,
+        "first_frame_number": 1,
+        "mp4": mp4_path.name if exe is not None else None,
+    }
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if frames_dir.exists() and not frames_dir.is_dir():
+        raise FileExistsError(f"{frames_dir} exists and is not a folder")
+    tmp_dir: Path | None = None
+    tmp_mp4: Path | None = None
+    tmp_sidecar: Path | None = None
+    encoder: _Mp4Encoder | None = None
+    old_dir: Path | None = None
+    placed_dir = placed_mp4 = False
+    try:
+        tmp_dir = _temp_dir(folder, frames_dir)
+        if exe is not None:
+            tmp_mp4 = _temp_name(folder, mp4_path)
+            encoder = _Mp4Encoder(exe, tmp_mp4, width, height, fps)
+        for i in range(n_frames):
+            if should_cancel is not None and should_cancel():
+                raise CancelledError("cancelled while writing the frames")
+            array = image_to_uint8(frames[i])
+            text = _dumps({**png_doc, "video": {**png_doc["video"], "frame": i + 1}}, None)
+            _save_png(array, tmp_dir / FRAME_NAME.format(i + 1), text)
+            if encoder is not None:
+                encoder.send(array)
+            if on_frame is not None:
+                on_frame(i + 1, n_frames)
+        if encoder is not None:
+            enc, encoder = encoder, None
+            enc.close()
+        tmp_sidecar = _temp_name(folder, sidecar)
+        _save_text(_dumps(sidecar_doc, 2) + "\n", tmp_sidecar)
+        # Into place: the frames folder (an earlier one is moved aside first), the MP4, and
+        # the sidecar last.
+        if frames_dir.exists():
+            old_dir = _temp_dir(folder, frames_dir, "old")
+            old_dir.rmdir()
+            _replace(frames_dir, old_dir)
+        _replace(tmp_dir, frames_dir)
+        tmp_dir, placed_dir = None, True
+        if tmp_mp4 is not None:
+            _replace(tmp_mp4, mp4_path)
+            tmp_mp4, placed_mp4 = None, True
+        else:
+            mp4_path.unlink(missing_ok=True)  # never a stale preview of another sequence
+        _replace(tmp_sidecar, sidecar)
+        tmp_sidecar = None
+    except BaseException:
+        if encoder is not None:
+            encoder.abort()
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        for tmp in (tmp_mp4, tmp_sidecar):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        if placed_mp4:
+            mp4_path.unlink(missing_ok=True)
+        if placed_dir:
+            shutil.rmtree(frames_dir, ignore_errors=True)
+        if old_dir is not None and old_dir.exists():
+            _replace(old_dir, frames_dir)  # the earlier sequence, back in place
+            old_dir = None
+        raise
+    if old_dir is not None:
+        shutil.rmtree(old_dir, ignore_errors=True)
+    return VideoOutputPaths(
+        frames_dir=frames_dir,
+        first_frame=first_frame,
+        frame_count=n_frames,
+        fps=fps,
+        mp4=mp4_path if exe is not None else None,
+        sidecar=sidecar,
+    )

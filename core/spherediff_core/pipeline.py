@@ -3,17 +3,24 @@
 ``SphereDiffPipeline.from_pretrained(model)`` detects the model family from the folder's
 ``model_index.json`` and loads it through diffusers' ``from_pretrained`` (safetensors only,
 never remote code). Calling the pipeline with :class:`GenerationOptions` runs the sphere
-engine and returns a :class:`GenerationResult` holding the ERP image.
+engine and returns a :class:`GenerationResult` holding the ERP image, or for a video model
+(``options.video``) one ERP image per frame.
+
+Stills and video share every step; video only adds a time axis: sphere latents
+(1, C, F_lat, N), view grids (n, C, F_lat, h, w) through the video denoiser, each view
+decoded by the video VAE to (n, 3, frames, H, W) and blended into the ERP canvas for all
+frames at once (the view's projection is computed once per view).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,13 @@ import torch
 
 from . import geometry
 from .adapters import ADAPTERS, adapter_for_class, supported_families_text
-from .adapters.base import ModelAdapter, PromptEmbedding, ceil_to_multiple
+from .adapters.base import (
+    ModelAdapter,
+    PromptEmbedding,
+    ceil_to_multiple,
+    frames_rule,
+    nearest_valid_frames,
+)
 from .denoise import (
     DenoiseProgress,
     GenerationCancelled,
@@ -30,7 +43,7 @@ from .denoise import (
     prepare_sphere_latents,
     sphere_denoise,
 )
-from .erp import views_to_erp
+from .erp import ErpCanvas
 from .errors import (
     BadInputError,
     CancelledError,
@@ -39,18 +52,25 @@ from .errors import (
     UnsupportedModelError,
 )
 from .fusion import gather_views
-from .options import GenerationOptions
+from .options import MAX_FRAMES, GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
 
 __all__ = [
     "GenerationResult",
     "Progress",
+    "Request",
     "SphereDiffPipeline",
     "check_grid_limit",
+    "check_video_request",
     "plan_config_for",
     "resolve_device",
+    "resolve_request",
     "route_prompts",
 ]
+
+DECODE_BUDGET_VALUES = 2**27
+"""Decoded values (3 x frames x H x W per view) a video decode batch may hold: 512 MiB in
+float32. Video views are decoded fewer at a time than ``view_batch_size`` above it."""
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +92,15 @@ class GenerationResult:
 
     Attributes:
         image: (3, H, W) float32 ERP image in [0, 1] (sRGB-encoded values, as decoded).
-        options: the options used, with family defaults filled in (steps, guidance).
+            For a video: its first frame (a view into ``frames``, no copy).
+        options: the options used, with family defaults filled in (steps, guidance, and
+            for a video frames and fps; both None for a still).
         n_points, grid, n_views: the sphere and view configuration.
         timings: seconds per phase (plan, encode, denoise, decode, erp, total) and the time
             spent inside the denoiser and the VAE alone (denoiser, vae).
         model: family, pipeline class, dtype, device, source and revision.
+        frames: video only: (F, 3, H, W) float32 ERP frames in [0, 1]; None for a still.
+        fps: video only: the frame rate; None for a still.
     """
 
     image: torch.Tensor
@@ -86,6 +110,91 @@ class GenerationResult:
     n_views: int
     timings: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    frames: torch.Tensor | None = None
+    fps: int | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames is not None
+
+    @property
+    def n_frames(self) -> int:
+        """Frames made: 1 for a still."""
+        return 1 if self.frames is None else int(self.frames.shape[0])
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one call makes, with the family's defaults filled in (see resolve_request).
+
+    ``frames`` and ``latent_frames`` are 1 and ``fps`` None for a still.
+    """
+
+    steps: int
+    guidance: float
+    do_cfg: bool
+    video: bool
+    frames: int = 1
+    fps: int | None = None
+    latent_frames: int = 1
+
+
+def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Request:
+    """Fill in the family's defaults and refuse what the model cannot make
+    (see :func:`check_video_request`)."""
+    steps = options.steps if options.steps is not None else adapter.default_steps
+    guidance = options.guidance if options.guidance is not None else adapter.default_guidance
+    do_cfg = adapter.uses_cfg(guidance)
+    if steps < adapter.min_steps:
+        raise OptionsError(
+            "steps",
+            f"{steps} is too few for {adapter.name}; use {adapter.min_steps} or more",
+        )
+    video = check_video_request(options, adapter)
+    if video is None:
+        return Request(steps, guidance, do_cfg, video=False)
+    frames, fps, latent_frames = video
+    return Request(steps, guidance, do_cfg, True, frames, fps, latent_frames)
+
+
+def check_video_request(
+    options: GenerationOptions, adapter: ModelAdapter | type[ModelAdapter]
+) -> tuple[int, int, int] | None:
+    """(frames, fps, latent frames) of a video request, None for a still; or OptionsError.
+
+    A video model makes videos only and an image model stills only: ``video`` must match
+    (OptionsError on ``video`` otherwise). A frame count the model's VAE cannot make is
+    refused on ``frames`` with the nearest valid counts. Works on an adapter class (its
+    class defaults: a check before the model loads) or a loaded adapter (its VAE's real
+    temporal compression).
+    """
+    name = adapter.display_name or adapter.family
+    if options.video and not adapter.is_video:
+        video_models = ", ".join(a.display_name or a.family for a in ADAPTERS if a.is_video)
+        raise OptionsError(
+            "video",
+            f"true, but {name} is an image model and makes stills only; turn video off, or "
+            f"choose a video model ({video_models})",
+        )
+    if not options.video and adapter.is_video:
+        raise OptionsError(
+            "video",
+            f"false, but {name} is a video model; turn video on (--video) for a 360° video, "
+            "or choose an image model for a still",
+        )
+    if not options.video:
+        return None
+    frames = options.frames if options.frames is not None else adapter.default_frames
+    fps = options.fps if options.fps is not None else adapter.default_fps
+    compression = int(adapter.temporal_compression)
+    if (frames - 1) % compression:
+        near = nearest_valid_frames(frames, compression, 1, MAX_FRAMES)
+        raise OptionsError(
+            "frames",
+            f"{frames} is not valid for {name} ({frames_rule(compression)}); "
+            f"use {' or '.join(str(n) for n in near)}",
+        )
+    return frames, int(fps or 24), (frames - 1) // compression + 1
 
 
 def resolve_device(device: str) -> torch.device:
@@ -324,24 +433,52 @@ class SphereDiffPipeline:
         should_cancel: Callable[[], bool] | None = None,
     ) -> GenerationResult:
         adapter = self.adapter
-        timings: dict[str, float] = {"denoiser": 0.0, "vae": 0.0}
+        timings: dict[str, float] = {"denoiser": 0.0, "vae": 0.0, "erp": 0.0}
         t_start = time.perf_counter()
 
-        # 1. Check inputs, fill in the family's defaults
+        # 1. Check inputs, fill in the family's defaults (and the frames of a video)
         options.validate()
-        steps = options.steps if options.steps is not None else adapter.default_steps
-        guidance = options.guidance if options.guidance is not None else adapter.default_guidance
-        do_cfg = adapter.uses_cfg(guidance)
+        request = resolve_request(options, adapter)
 
         # 2. Sampling plan (cached on disk)
-        t0 = time.perf_counter()
-        config = plan_config_for(options, adapter.vae_scale_factor, adapter.grid_multiple)
-        check_grid_limit(config, options, adapter)
-        plan = load_or_build_plan(config, self.plan_cache_dir)
-        timings["plan"] = time.perf_counter() - t0
+        with _timed(timings, "plan"):
+            config = plan_config_for(options, adapter.vae_scale_factor, adapter.grid_multiple)
+            check_grid_limit(config, options, adapter)
+            plan = load_or_build_plan(config, self.plan_cache_dir)
 
         # 3. Encode prompts: each distinct prompt once, routed to views by elevation
-        t0 = time.perf_counter()
+        with _timed(timings, "encode"):
+            conditioning, negative = self._encode_prompts(plan, options, request.do_cfg)
+
+        # 4. Prepare timesteps
+        scheduler = adapter.make_scheduler(request.steps, plan.grid_size, request.latent_frames)
+
+        # 5. Prepare latents, (1, C, N) or (1, C, F_lat, N): drawn on the CPU, so the same
+        #    seed gives the same noise anywhere
+        generator = torch.Generator("cpu").manual_seed(options.seed)
+        latents = self._noise(plan, request, generator)
+        latents = (latents * init_noise_sigma(scheduler)).to(adapter.device)
+
+        # 6. Denoising loop on the sphere
+        run = _Run(options, request, plan, timings, callback, should_cancel)
+        with _timed(timings, "denoise"):
+            latents = self._denoise(run, scheduler, latents, conditioning, negative)
+
+        # 7. Decode every view with the VAE, blending it into the ERP canvas as it comes
+        with _timed(timings, "decode"):
+            canvas = self._decode_to_erp(run, latents, generator)
+        timings["decode"] -= timings["erp"]
+
+        # 8. The ERP image, or one ERP image per frame
+        erp = canvas.result().clamp_(0, 1)
+        timings["total"] = time.perf_counter() - t_start
+        return self._result(run, erp)
+
+    # --- the steps of __call__ ------------------------------------------------------------
+    def _encode_prompts(
+        self, plan: SamplingPlan, options: GenerationOptions, do_cfg: bool
+    ) -> tuple[list[PromptEmbedding], PromptEmbedding | None]:
+        adapter = self.adapter
         view_prompts = route_prompts(
             plan, options.prompt, options.sky_prompt, options.horizon_prompt, options.ground_prompt
         )
@@ -350,20 +487,33 @@ class SphereDiffPipeline:
             encoded[text] = adapter.encode_prompt(text)
         conditioning = [encoded[text] for text in view_prompts]
         negative = adapter.encode_prompt(options.negative_prompt) if do_cfg else None
-        timings["encode"] = time.perf_counter() - t0
+        return conditioning, negative
 
-        # 4. Prepare timesteps
-        scheduler = adapter.make_scheduler(steps, plan.grid_size)
+    def _noise(
+        self, plan: SamplingPlan, request: Request, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Unit-Gaussian sphere latents: (1, C, N), or (1, C, F_lat, N) for a video."""
+        frames = request.latent_frames if request.video else None
+        return prepare_sphere_latents(
+            plan, self.adapter.latent_channels, frames=frames, generator=generator
+        )
 
-        # 5. Prepare latents (drawn on the CPU: the same seed gives the same noise anywhere)
-        generator = torch.Generator("cpu").manual_seed(options.seed)
-        latents = prepare_sphere_latents(plan, adapter.latent_channels, generator=generator)
-        latents = (latents * init_noise_sigma(scheduler)).to(adapter.device)
+    def _denoise(
+        self,
+        run: _Run,
+        scheduler: Any,
+        latents: torch.Tensor,
+        conditioning: list[PromptEmbedding],
+        negative: PromptEmbedding | None,
+    ) -> torch.Tensor:
+        adapter, request, options, timings = self.adapter, run.request, run.options, run.timings
+        callback = run.callback
+        # A video denoiser also gets the frame rate (LTX-Video's rotary embedding uses it).
+        extra: dict[str, Any] = {"fps": request.fps} if request.video else {}
 
-        # 6. Denoising loop on the sphere
         def denoiser(inp):
             t = time.perf_counter()
-            out = adapter.denoise(inp, guidance)
+            out = adapter.denoise(inp, request.guidance, **extra)
             _sync(adapter.device)
             timings["denoiser"] += time.perf_counter() - t
             return out
@@ -381,64 +531,166 @@ class SphereDiffPipeline:
                     )
                 )
 
-        t0 = time.perf_counter()
         try:
-            latents = sphere_denoise(
+            return sphere_denoise(
                 denoiser,
                 scheduler,
-                plan,
+                run.plan,
                 latents,
                 conditioning,
                 negative_conditioning=negative,
-                guidance_scale=guidance if do_cfg else 1.0,
+                guidance_scale=request.guidance if request.do_cfg else 1.0,
                 view_batch_size=options.view_batch_size,
                 callback=on_denoise,
-                should_cancel=should_cancel,
+                should_cancel=run.should_cancel,
             )
         except GenerationCancelled as exc:
             raise CancelledError("generation cancelled") from exc
         except torch.OutOfMemoryError as exc:
-            raise _oom(options) from exc
-        timings["denoise"] = time.perf_counter() - t0
+            raise _oom(options, request) from exc
 
-        # 7. Decode every view with the VAE
-        t0 = time.perf_counter()
-        view_latents = gather_views(latents, plan)[:, 0]  # (V, C, h, w)
-        images = []
-        n_views = plan.n_views
+    def _decode_batch_size(
+        self, plan: SamplingPlan, request: Request, options: GenerationOptions
+    ) -> int:
+        """Views per VAE call: the view batch size, fewer for long videos (each decoded view
+        holds 3 x frames x H x W values; a batch stays under DECODE_BUDGET_VALUES)."""
         batch = max(1, options.view_batch_size)
-        for i in range(0, n_views, batch):
-            if should_cancel is not None and should_cancel():
-                raise CancelledError("generation cancelled")
-            t = time.perf_counter()
-            try:
-                images.append(adapter.decode(view_latents[i : i + batch]).cpu())
-            except torch.OutOfMemoryError as exc:
-                raise _oom(options) from exc
-            timings["vae"] += time.perf_counter() - t
-            if callback is not None:
-                callback(Progress("decode", min(i + batch, n_views), n_views))
-        images_t = torch.cat(images)
-        timings["decode"] = time.perf_counter() - t0
+        if not request.video:
+            return batch
+        h, w = plan.grid_size
+        s = self.adapter.vae_scale_factor
+        per_view = 3 * request.frames * h * s * w * s
+        return max(1, min(batch, DECODE_BUDGET_VALUES // per_view))
 
-        # 8. Blend the decoded views into the ERP image
-        t0 = time.perf_counter()
-        erp = views_to_erp(
-            images_t,
+    def _decode_to_erp(
+        self, run: _Run, latents: torch.Tensor, generator: torch.Generator
+    ) -> ErpCanvas:
+        """Decode the views batch by batch into an ERP canvas of 3 (x frames) channels.
+
+        Decoded views are blended at once and dropped, so memory holds one batch of
+        decoded views and the canvas. Out of device memory, the VAE's tiling and slicing
+        are turned on and the batch is decoded again one view at a time.
+        """
+        adapter, plan, request, options = self.adapter, run.plan, run.request, run.options
+        timings, callback, should_cancel = run.timings, run.callback, run.should_cancel
+        n_views = plan.n_views
+        frames = request.frames
+        canvas = ErpCanvas(
             plan.frames,
             plan.fov_deg,
             options.height,
             options.resolved_width,
+            3 * frames,
             options.temperature,
-        ).clamp(0, 1)
-        timings["erp"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - t_start
-
-        used = GenerationOptions(**{**options.to_dict(), "steps": steps, "guidance": guidance})
-        model = adapter.describe() | {"source": self.source, "revision": self.revision}
-        return GenerationResult(
-            erp, used, plan.n_points, plan.grid_size, plan.n_views, timings, model
         )
+        # A timestep-conditioned VAE decodes slightly re-noised latents: the noise is drawn
+        # on the sphere, so the views agree where they overlap.
+        noise = None
+        if adapter.decode_needs_noise:
+            noise = self._noise(plan, request, generator).to(latents.device, latents.dtype)
+        batch = self._decode_batch_size(plan, request, options)
+        done, start = 0, time.perf_counter()
+        while done < n_views:
+            if should_cancel is not None and should_cancel():
+                raise CancelledError("generation cancelled")
+            ids = torch.arange(done, min(done + batch, n_views))
+            view_latents = gather_views(latents, plan, ids)[:, 0]  # (n, C, [F,] h, w)
+            view_noise = None if noise is None else gather_views(noise, plan, ids)[:, 0]
+            t = time.perf_counter()
+            try:
+                if view_noise is None:
+                    images = adapter.decode(view_latents)
+                else:
+                    images = adapter.decode(view_latents, view_noise)
+                _sync(adapter.device)
+            except torch.OutOfMemoryError as exc:
+                savers = adapter.enable_vae_memory_savers()
+                if not savers and batch == 1:
+                    raise _oom(options, request) from exc
+                logger.warning(
+                    "out of memory decoding %d view(s); retrying one view at a time%s",
+                    len(ids),
+                    " with VAE tiling and slicing" if savers else "",
+                )
+                batch = 1
+                if adapter.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            timings["vae"] += time.perf_counter() - t
+            images = images.cpu()
+            if request.video:
+                images = _frames_as_channels(images, frames)
+            t = time.perf_counter()
+            canvas.add(images, ids)
+            timings["erp"] += time.perf_counter() - t
+            done += len(ids)
+            if callback is not None:
+                elapsed = time.perf_counter() - start
+                eta = elapsed * (n_views - done) / done
+                what = f"views {done}/{n_views}"
+                if request.video:
+                    what += f", {frames} frames each"
+                callback(Progress("decode", done, n_views, eta, what))
+        return canvas
+
+    def _result(self, run: _Run, erp: torch.Tensor) -> GenerationResult:
+        adapter, options, request, plan = self.adapter, run.options, run.request, run.plan
+        used = GenerationOptions(
+            **{
+                **options.to_dict(),
+                "steps": request.steps,
+                "guidance": request.guidance,
+                "frames": request.frames if request.video else None,
+                "fps": request.fps if request.video else None,
+            }
+        )
+        model = adapter.describe() | {"source": self.source, "revision": self.revision}
+        image, frames = erp, None
+        if request.video:
+            frames = erp.reshape(request.frames, 3, *erp.shape[-2:])
+            image = frames[0]
+        return GenerationResult(
+            image,
+            used,
+            plan.n_points,
+            plan.grid_size,
+            plan.n_views,
+            run.timings,
+            model,
+            frames=frames,
+            fps=request.fps,
+        )
+
+
+@dataclass
+class _Run:
+    """One call's settings and reporting, shared by the steps of ``__call__``."""
+
+    options: GenerationOptions
+    request: Request
+    plan: SamplingPlan
+    timings: dict[str, float]
+    callback: Callable[[Progress], None] | None
+    should_cancel: Callable[[], bool] | None
+
+
+def _frames_as_channels(images: torch.Tensor, frames: int) -> torch.Tensor:
+    """Decoded video views (n, 3, F, H, W) -> (n, F * 3, H, W), frame-major."""
+    if images.dim() != 5 or images.shape[2] != frames:
+        raise RuntimeError(
+            f"the VAE decoded {tuple(images.shape)}; expected (n, 3, {frames}, H, W)"
+        )
+    n, c, f, h, w = images.shape
+    return images.transpose(1, 2).reshape(n, f * c, h, w)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
 def _sync(device: torch.device) -> None:
@@ -446,10 +698,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _oom(options: GenerationOptions) -> OutOfMemoryError:
+def _oom(options: GenerationOptions, request: Request | None = None) -> OutOfMemoryError:
+    fewer = ", or fewer frames" if request is not None and request.video else ""
     return OutOfMemoryError(
         f"the device ran out of memory (view batch size {options.view_batch_size}); lower "
-        "the view batch size, turn on model CPU offload and VAE tiling, or choose a smaller size"
+        "the view batch size, turn on model CPU offload and VAE tiling, or choose a smaller "
+        f"size{fewer}"
     )
 
 

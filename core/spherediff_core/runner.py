@@ -6,9 +6,10 @@ mode, no progress bars) that those libraries read once at import time.
 
 The flow of :func:`generate`: check the model folder's family (no heavy import), load the
 pipeline (phase ``load``), run it (phases ``denoise`` and ``decode``, reported by the
-pipeline), write the PNG and its sidecar atomically (phase ``write``). A cancel request
+pipeline), write the PNG and its sidecar atomically (phase ``write``; for a video the frame
+sequence, the MP4 preview and the sidecar, reported frame by frame). A cancel request
 (``should_cancel`` returning True) is honoured between phases and, inside the pipeline,
-before every view batch.
+before every view batch (and before every frame written).
 """
 
 from __future__ import annotations
@@ -347,7 +348,12 @@ class ProgressEvent:
 
 @dataclass
 class Outcome:
-    """What :func:`generate` wrote."""
+    """What :func:`generate` wrote.
+
+    For a video, ``image`` is the first frame of the sequence and the ``video`` fields are
+    set: the frame count, the frame rate, the frames folder and the MP4 (None without
+    ffmpeg).
+    """
 
     image: Path
     sidecar: Path
@@ -357,6 +363,11 @@ class Outcome:
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    video: bool = False
+    frames: int = 1
+    fps: int | None = None
+    frames_dir: Path | None = None
+    mp4: Path | None = None
 
 
 def check_options(options: GenerationOptions) -> GenerationOptions:
@@ -369,8 +380,12 @@ def check_options(options: GenerationOptions) -> GenerationOptions:
         raise BadInputError(f"options: could not be checked ({type(exc).__name__}: {exc})") from exc
 
 
-def precheck_model(model: str) -> None:
-    """For a local folder: refuse a family SphereDiff cannot drive before loading anything."""
+def precheck_model(model: str, options: GenerationOptions | None = None) -> None:
+    """For a local folder: refuse a family SphereDiff cannot drive before loading anything.
+
+    With ``options``, also refuse what the family cannot make (a video from an image model,
+    a still from a video model, a frame count its VAE cannot take).
+    """
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return  # a Hub id; the pipeline reads its model_index.json (cache or Hub)
@@ -385,11 +400,16 @@ def precheck_model(model: str) -> None:
             f"pipeline folder of {supported_families_text()}"
         ) from exc
     class_name = index.get("_class_name", "") if isinstance(index, dict) else ""
-    if adapter_for_class(class_name) is None:
+    adapter = adapter_for_class(class_name)
+    if adapter is None:
         raise UnsupportedModelError(
             f"{model} is a {class_name or 'model of unknown type'}, which SphereDiff cannot "
             f"drive; it drives {supported_families_text()}"
         )
+    if options is not None:
+        from .pipeline import check_video_request
+
+        check_video_request(options, adapter)
 
 
 def generate(
@@ -409,7 +429,7 @@ def generate(
 
     # Load (nothing to clean up yet, so a cancel interrupts it at once)
     report(ProgressEvent("load", 0, 1, None, f"loading {options.model}"))
-    precheck_model(options.model)
+    precheck_model(options.model, options)
     t0 = time.perf_counter()
     with token.interruptible():
         import diffusers  # noqa: F401 - imported here so its progress bars can be turned off
@@ -442,10 +462,12 @@ def generate(
     token.check()
 
     # Write
+    timings = {"load": load_s, **result.timings}
+    if result.is_video:
+        return _write_video(result, options, timings, t_start, report, token)
     from .outputs import write_outputs
 
     report(ProgressEvent("write", 0, 1, None, "writing the PNG and its sidecar"))
-    timings = {"load": load_s, **result.timings}
     paths = write_outputs(result, options.output, timings=timings)
     seconds = time.perf_counter() - t_start
     report(ProgressEvent("write", 1, 1, None, f"wrote {paths.image.name}"))
@@ -458,4 +480,49 @@ def generate(
         seed=result.options.seed,
         timings=timings,
         model=dict(result.model),
+    )
+
+
+def _write_video(
+    result: Any,
+    options: GenerationOptions,
+    timings: dict[str, float],
+    t_start: float,
+    report: Callable[[ProgressEvent], None],
+    token: CancelToken,
+) -> Outcome:
+    """The frame sequence, the MP4 and the sidecar; phase ``write`` counts the frames
+    (steps 1..F) and the placing of the files (step F + 1)."""
+    from .outputs import write_video_outputs
+
+    n = result.n_frames
+    total = n + 1
+    report(ProgressEvent("write", 0, total, None, f"writing {n} frames and the MP4"))
+    start = time.perf_counter()
+
+    def on_frame(i: int, count: int) -> None:
+        elapsed = time.perf_counter() - start
+        eta = elapsed * (count - i) / i
+        report(ProgressEvent("write", i, total, eta, f"frame {i}/{count}"))
+
+    paths = write_video_outputs(
+        result, options.output, timings=timings, on_frame=on_frame, should_cancel=token
+    )
+    seconds = time.perf_counter() - t_start
+    done = f"wrote {paths.frames_dir.name} ({n} frames)"
+    report(ProgressEvent("write", total, total, None, done))
+    return Outcome(
+        image=paths.first_frame,
+        sidecar=paths.sidecar,
+        width=int(result.image.shape[-1]),
+        height=int(result.image.shape[-2]),
+        seconds=seconds,
+        seed=result.options.seed,
+        timings=timings,
+        model=dict(result.model),
+        video=True,
+        frames=n,
+        fps=paths.fps,
+        frames_dir=paths.frames_dir,
+        mp4=paths.mp4,
     )

@@ -329,6 +329,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             should_cancel=token,
             plan_cache_dir=plan_cache_dir,
         )
+        video: dict[str, Any] = {}
+        if outcome.video:  # additive: a still's result has none of these fields
+            video = {
+                "video": True,
+                "frames": outcome.frames,
+                "fps": outcome.fps,
+                "frames_dir": str(outcome.frames_dir),
+                "first_frame": str(outcome.image),
+                "mp4": None if outcome.mp4 is None else str(outcome.mp4),
+            }
         events.emit(
             "result",
             image=str(outcome.image),
@@ -337,6 +347,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             height=outcome.height,
             seconds=round(outcome.seconds, 3),
             seed=outcome.seed,
+            **video,
         )
         return EXIT_OK
     except BaseException as exc:

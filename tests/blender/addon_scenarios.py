@@ -19,6 +19,11 @@ generate   generations with a tiny model through the worker (SPHEREDIFF_PYTHON):
            afterwards no torch in sys.modules, no worker process, no temporary files.
 installer  Install Dependencies from a local wheel folder (engine only, --no-deps) into
            the extension's user folder, then Check Worker against that environment.
+video      animated worlds: synthetic frame sequences from a fake worker
+           (fake_video_worker.py) loaded as an image sequence, Cycles renders of several
+           frames with and without loop, Match Scene, the Animated switch and its checks,
+           failures and cancel; then (with --model, a tiny video pipeline) a real
+           generation and a real cancel through the worker.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ def parse_args() -> argparse.Namespace:
     if "--" in argv:
         argv = argv[argv.index("--") + 1 :]
     p = argparse.ArgumentParser()
-    p.add_argument("--scenario", required=True, choices=["register", "generate", "installer"])
+    p.add_argument(
+        "--scenario", required=True, choices=["register", "generate", "installer", "video"]
+    )
     p.add_argument("--zip", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--work", default=None)
@@ -297,6 +304,8 @@ def draw_everything(sub) -> dict:
         log, problems = [], []
         for cls in panels:
             if cls.poll(context):
+                if hasattr(cls, "draw_header"):
+                    cls.draw_header(PanelProxy(None, UIRecorder(log, problems)), context)
                 cls.draw(PanelProxy(None, UIRecorder(log, problems)), context)
         type(prefs).draw(PanelProxy(prefs, UIRecorder(log, problems)), context)
         sub.panels.draw_status_bar(PanelProxy(None, UIRecorder(log, problems)), context)
@@ -315,6 +324,7 @@ def draw_everything(sub) -> dict:
     scene.spherediff.last_error = "a long error message " * 8
     scene.spherediff.model_preset = "CUSTOM"
     scene.spherediff.size = "CUSTOM"
+    scene.spherediff.video = True  # the Animated panel's own rows
     try:
         draw_all("running")
     finally:
@@ -535,6 +545,284 @@ def render_views(scene, work: Path) -> dict:
     return {"resolution": res, "fov_deg": fov, "views": views}
 
 
+# --------------------------------------------------------------------------- video
+def make_fake_python(work: Path, python: str) -> str:
+    """An executable that runs fake_video_worker.py whatever arguments it gets."""
+    path = work / "fake-python"
+    worker = HERE / "fake_video_worker.py"
+    path.write_text(f'#!/bin/sh\nexec "{python}" "{worker}" "$@"\n', encoding="utf-8")
+    path.chmod(0o755)
+    return str(path)
+
+
+def output_files(work: Path) -> list[str]:
+    folder = work / "spherediff"
+    if not folder.is_dir():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def scene_state(scene, world_mod, work: Path) -> dict:
+    """The World, the sequence's image user, the scene's frame range and rate, the files."""
+    state = {
+        "world": world_snapshot(scene),
+        "frame_start": scene.frame_start,
+        "frame_end": scene.frame_end,
+        "fps": scene.render.fps,
+        "fps_base": round(scene.render.fps_base, 6),
+        "files": output_files(work),
+    }
+    env = None
+    if scene.world is not None and scene.world.node_tree is not None:
+        env = world_mod.find_node(scene.world.node_tree, "environment")
+    if env is not None:
+        user = env.image_user
+        state["image_user"] = {
+            "frame_duration": user.frame_duration,
+            "frame_start": user.frame_start,
+            "frame_offset": user.frame_offset,
+            "use_cyclic": user.use_cyclic,
+            "use_auto_refresh": user.use_auto_refresh,
+        }
+        img = env.image
+        if img is not None:
+            state["image"] = {
+                "name": img.name,
+                "source": img.source,
+                "filepath": img.filepath,
+                "abspath": bpy.path.abspath(img.filepath),
+                "packed": img.packed_file is not None,
+                "colorspace": img.colorspace_settings.name,
+                "custom": {k: img[k] for k in img.keys() if k.startswith("spherediff")},  # noqa: SIM118
+            }
+    return state
+
+
+def render_frames(scene, work: Path, frames, tag: str, res: int = 2, samples: int = 1) -> dict:
+    """Cycles renders (float EXR) towards +X at the given scene frames."""
+    sys.path.insert(0, str(HERE))
+    import render_erp_convention as rec
+
+    rec.configure_render(
+        scene,
+        argparse.Namespace(
+            samples=samples, filter_width=0.01, resolution=res, no_persistent_data=False
+        ),
+    )
+    cam = rec.make_camera(scene, 20.0)
+    view = {"forward": (1.0, 0.0, 0.0), "up": list(rec.default_up((1.0, 0.0, 0.0)))}
+    out = {}
+    current = scene.frame_current
+    for frame in frames:
+        scene.frame_set(frame)
+        rgb = rec.render_view(scene, cam, view, str(work / f"render_{tag}_{frame}.exr"))
+        out[str(frame)] = rgb.astype(float).round(6).tolist()
+    scene.frame_set(current)
+    bpy.data.objects.remove(cam)
+    return {"resolution": res, "fov_deg": 20.0, "frames": out}
+
+
+class FakeMode:
+    """FAKE_VIDEO_WORKER_MODE for the calls inside the block."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __enter__(self):
+        os.environ["FAKE_VIDEO_WORKER_MODE"] = self.mode
+
+    def __exit__(self, *exc):
+        os.environ.pop("FAKE_VIDEO_WORKER_MODE", None)
+
+
+def draw_panels(context) -> dict:
+    """Draw the World panels (recording layout): what they show and any bad names."""
+    log, problems = [], []
+    for name in dir(bpy.types):
+        if name.startswith("WORLD_PT_spherediff"):
+            cls = getattr(bpy.types, name)
+            if hasattr(cls, "draw_header"):
+                cls.draw_header(PanelProxy(None, UIRecorder(log, problems)), context)
+            cls.draw(PanelProxy(None, UIRecorder(log, problems)), context)
+    return {"log": log, "problems": problems}
+
+
+def scenario_video(args, out: dict) -> None:
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    ops_mod = sys.modules[SUB + ".operators"]
+    world_mod = sys.modules[SUB + ".world"]
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    real_python = os.environ["SPHEREDIFF_PYTHON"]
+    fake_python = make_fake_python(work, real_python)
+    os.environ["SPHEREDIFF_PYTHON"] = fake_python
+    worker_pids: list[int] = []
+
+    # A scene that does not start at frame 1 and runs at 30 / 1.001 fps.
+    scene.frame_start, scene.frame_end = 11, 250
+    scene.render.fps, scene.render.fps_base = 30, 1.001
+    s = scene.spherediff
+    s.prompt = "a stormy sky over the sea"
+    s.size = "CUSTOM"
+    s.width = 64
+
+    # 1. The Animated switch swaps image and video presets; the checks say why not.
+    toggles = []
+    s.model_preset = "SDXL"
+    for video in (True, False, True):
+        s.video = video
+        toggles.append([video, s.model_preset])
+    s.video = False
+    s.model_preset = "LTX"  # a video model for a still: the panel and the button say why
+    fake_context = argparse.Namespace(
+        area=argparse.Namespace(type="PROPERTIES"),
+        scene=scene,
+        preferences=bpy.context.preferences,
+    )
+    checks = {
+        "toggles": toggles,
+        "video_model_for_still": ops_mod.generate_poll_problem(fake_context),
+        "ui_video_model_for_still": draw_panels(bpy.context),
+        "background_poll": bpy.ops.spherediff.generate.poll(),  # scripts are not blocked
+    }
+    s.video = True
+    s.model_preset = "SANA"
+    checks["image_model_for_video"] = ops_mod.generate_poll_problem(fake_context)
+    s.model_preset = "LTX"
+    s.frames = 50
+    checks["bad_frames"] = ops_mod.generate_poll_problem(fake_context)
+    checks["ui_bad_frames"] = draw_panels(bpy.context)
+    s.frames = 49
+    checks["good_frames"] = ops_mod.generate_poll_problem(fake_context)
+    s.pack_image = True
+    checks["ui_fine"] = draw_panels(bpy.context)
+    s.pack_image = False
+    s.video = False
+    s.model_preset = "DEFAULT"
+    checks["scene_video_after"] = [s.video, s.model_preset]
+    out["checks"] = checks
+
+    # 2. A synthetic sequence (5 frames, 12 fps), loop on, scene range kept.
+    before = scene_state(scene, world_mod, work)
+    first = call_generate(
+        video=True, model_preset="WAN", frames=5, fps=12, seed=3, loop=True, match_scene=False
+    )
+    out["first"] = first
+    out["first_before"] = before
+    out["first_state"] = scene_state(scene, world_mod, work)
+    out["first_settings"] = {
+        "last_image": s.last_image,
+        "last_frames": s.last_frames,
+        "last_fps": s.last_fps,
+        "last_seed": s.last_seed,
+        "last_error": s.last_error,
+        "video": s.video,
+    }
+    out["ui_after_first"] = draw_panels(bpy.context)
+    out["first_renders"] = render_frames(scene, work, (11, 13, 15, 16), "first")
+
+    # 3. Re-run: loop off, Match Scene, the model's own fps (auto): the same nodes.
+    tree = scene.world.node_tree
+    nodes_before = {n.name: n.as_pointer() for n in tree.nodes}
+    second = call_generate(
+        video=True, model_preset="WAN", frames=5, seed=4, loop=False, match_scene=True
+    )
+    out["second"] = second
+    out["second_state"] = scene_state(scene, world_mod, work)
+    nodes_after = {n.name: n.as_pointer() for n in tree.nodes}
+    out["second_same_nodes"] = nodes_before == nodes_after
+    out["first_image_still_there"] = out["first_state"]["image"]["name"] in bpy.data.images
+    out["second_renders"] = render_frames(scene, work, (11, 15, 16), "second")
+    # Loop switched on in the panel plays it again (live update of the node).
+    s.loop = True
+    out["live_loop"] = scene_state(scene, world_mod, work)["image_user"]["use_cyclic"]
+    s.loop = False
+    out["live_loop_off"] = scene_state(scene, world_mod, work)["image_user"]["use_cyclic"]
+
+    # 4. Failures: the World, the scene's range and rate and the files stay as they were.
+    failures = {}
+
+    def failure(name, mode="ok", watch=None, **kwargs):
+        before = scene_state(scene, world_mod, work)
+        watcher = None
+        if watch is not None:
+            watcher = Watcher(ops_mod, watch)
+            watcher.start()
+        with FakeMode(mode):
+            res = call_generate(**kwargs)
+        after = scene_state(scene, world_mod, work)
+        res["unchanged"] = after == before
+        if not res["unchanged"]:
+            res["before"], res["after"] = before, after
+        res["staging"] = staging_leftovers()
+        res["children"] = child_processes()
+        if watcher is not None:
+            watcher.join(5)
+            gen = watcher.info.pop("generation", None)
+            res["watcher"] = dict(watcher.info)
+            if gen is not None:
+                worker_pids.append(gen.run.pid)
+                res["stop_s"] = (gen.run.finished_at or 0) - watcher.info["at"]
+                res["worker_returncode"] = gen.run.process.returncode()
+        failures[name] = res
+        return res
+
+    video = {"video": True, "model_preset": "WAN", "frames": 5, "seed": 9, "match_scene": True}
+    failure("pack_refused", pack_image=True, **video)
+    failure("bad_frames", **{**video, "model_preset": "LTX", "frames": 50})
+    failure("image_model", **{**video, "model_preset": "SDXL"})
+    failure("video_model_for_still", video=False, model_preset="LTX")
+    failure("worker_error", mode="fail", **video)
+    failure("cancel", mode="slow", watch="cancel", **video)
+    out["failures"] = failures
+
+    # 5. Pack Image on in the scene (a still's setting): ignored for a sequence, with a
+    # warning, and the generation goes on.
+    s.pack_image = True
+    third = call_generate(video=True, model_preset="WAN", frames=9, fps=10, seed=5)
+    s.pack_image = False
+    out["third"] = third
+    out["third_state"] = scene_state(scene, world_mod, work)
+
+    # 6. The real thing: a tiny video pipeline through the real worker.
+    os.environ["SPHEREDIFF_PYTHON"] = real_python
+    if args.model:
+        real = {
+            "video": True,
+            "model_preset": "CUSTOM",
+            "custom_model": args.model,
+            "width": 128,
+            "frames": 5,
+            "fps": 8,
+            "steps": 2,
+            "seed": 1,
+            "loop": True,
+            "match_scene": True,
+        }
+        res = call_generate(**real)
+        res["state"] = scene_state(scene, world_mod, work)
+        res["renders"] = render_frames(scene, work, (11, 15), "real", res=8, samples=4)
+        res["after"] = {"staging": staging_leftovers(), "children": child_processes()}
+        out["real"] = res
+        out["real_cancel"] = failure(
+            "real_cancel", watch="cancel", **{**real, "steps": 400, "seed": 2}
+        )
+        # A local video folder's frame rule is known before any worker starts.
+        out["custom_bad_frames"] = failure("custom_bad_frames", **{**real, "frames": 6})
+
+    # 7. Afterwards: nothing heavy imported, nothing running, nothing left behind.
+    out["end"] = {
+        "heavy_modules": heavy_modules(),
+        "children": child_processes(),
+        "worker_pids_alive": [pid for pid in worker_pids if pid_alive(pid)],
+        "staging": staging_leftovers(),
+        "active_generation": ops_mod.active_generation() is not None,
+    }
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
 def scenario_installer(args, out: dict) -> None:
     out["install"] = install_and_enable(args.zip)
     sub = sys.modules[SUB]
@@ -578,6 +866,7 @@ def main() -> int:
             "register": scenario_register,
             "generate": scenario_generate,
             "installer": scenario_installer,
+            "video": scenario_video,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

@@ -117,6 +117,7 @@ def test_install_enable_disable(registered):
     assert {
         "WORLD_PT_spherediff_directional",
         "WORLD_PT_spherediff_settings",
+        "WORLD_PT_spherediff_animated",
         "WORLD_PT_spherediff_output",
         "WORLD_PT_spherediff_generate",
     } <= set(on["subpanels"]), on["subpanels"]
@@ -165,6 +166,13 @@ def test_panels_and_preferences_draw(registered):
         "device",
         "precision",
         "default_model",
+        "default_video_model",
+        "video",
+        "frames",
+        "auto_fps",
+        "fps",
+        "loop",
+        "match_scene",
     ):
         assert ("prop", prop) in idle, prop
     assert ("operator", "spherediff.generate") in idle

@@ -192,3 +192,14 @@ def test_describe_hello_names_what_is_missing():
     assert any("protocol 2" in p for p in result.problems)
     assert any("0.2.0" in p for p in result.problems)
     assert json.dumps(result.lines)
+
+
+def test_status_text_counts_a_videos_frames_while_writing():
+    run = worker_client.GenerationRun("python", {"prompt": "x"})
+    run._handle({"event": "progress", "phase": "write", "step": 12, "total": 50})
+    assert run.status_text() == "Writing 12/49 frames"
+    run._handle({"event": "progress", "phase": "write", "step": 50, "total": 50})
+    assert run.status_text() == "Writing 49/49 frames"
+    still = worker_client.GenerationRun("python", {"prompt": "x"})
+    still._handle({"event": "progress", "phase": "write", "step": 0, "total": 1})
+    assert still.status_text() == "Writing"

@@ -17,3 +17,16 @@ def smooth_colour(dirs: torch.Tensor) -> torch.Tensor:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float(((a.to(torch.float64) - b.to(torch.float64)) ** 2).mean())
     return 10.0 * torch.log10(torch.tensor(1.0 / max(mse, 1e-20))).item()
+
+
+def seam_ratio(image: torch.Tensor) -> float:
+    """|first column - last column| over the mean difference of adjacent columns."""
+    seam = (image[:, :, 0] - image[:, :, -1]).abs().mean()
+    adjacent = (image[:, :, 1:] - image[:, :, :-1]).abs().mean()
+    return float(seam / adjacent)
+
+
+def row_variation(image: torch.Tensor, row: int) -> float:
+    """Mean |row[j+1] - row[j]| along one ERP row (wrapping around the seam)."""
+    r = image[:, row]
+    return float((r.roll(-1, dims=-1) - r).abs().mean())

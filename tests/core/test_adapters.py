@@ -22,6 +22,7 @@ from spherediff_core.options import GenerationOptions
 from spherediff_core.pipeline import SphereDiffPipeline, check_grid_limit, plan_config_for
 from spherediff_core.plan import load_or_build_plan
 
+from tests.core.panoramas import row_variation, seam_ratio
 from tests.support.tiny_pipelines import build_tiny_pipeline
 
 FAMILIES = ("sd15", "sdxl", "sana", "flux", "sd3")
@@ -44,7 +45,7 @@ def tiny_folders(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny_models")
-    folders = {fam: build_tiny_pipeline(fam, root / fam) for fam in (*FAMILIES, "ltx")}
+    folders = {fam: build_tiny_pipeline(fam, root / fam) for fam in FAMILIES}
     folders["flux-schnell"] = _schnell_like(folders["flux"], root / "flux-schnell")
     torch.set_num_threads(before)
     return folders
@@ -233,19 +234,6 @@ def test_directional_prompts_reach_their_views(
 # --- seams and poles ----------------------------------------------------------------------
 
 
-def seam_ratio(image: torch.Tensor) -> float:
-    """|first column - last column| over the mean difference of adjacent columns."""
-    seam = (image[:, :, 0] - image[:, :, -1]).abs().mean()
-    adjacent = (image[:, :, 1:] - image[:, :, :-1]).abs().mean()
-    return float(seam / adjacent)
-
-
-def row_variation(image: torch.Tensor, row: int) -> float:
-    """Mean |row[j+1] - row[j]| along one ERP row (wrapping around the seam)."""
-    r = image[:, row]
-    return float((r.roll(-1, dims=-1) - r).abs().mean())
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_seam_and_no_pole_pinch(family, generate):
     image = generate(family, 0)
@@ -357,7 +345,8 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
 
 def test_family_traits():
     by_family = {a.family: a for a in ADAPTERS}
-    assert set(by_family) == {"sd", "sdxl", "sana", "flux", "sd3"}
+    assert set(by_family) == {"sd", "sdxl", "sana", "flux", "sd3", "ltx", "wan"}
+    assert {f for f, a in by_family.items() if a.is_video} == {"ltx", "wan"}
     assert by_family["sana"].preferred_half == torch.bfloat16
     assert by_family["flux"].preferred_half == torch.bfloat16
     assert by_family["flux"].grid_multiple == by_family["sd3"].grid_multiple == 2
@@ -400,10 +389,13 @@ def _assert_names_families(message: str) -> None:
     assert supported_families_text() in message
 
 
-def test_unknown_family_is_refused(tiny_folders, plan_dir):
+def test_unknown_family_is_refused(tmp_path, plan_dir):
+    folder = tmp_path / "cogvideox"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "CogVideoXPipeline"}))
     with pytest.raises(UnsupportedModelError) as err:
-        load(tiny_folders["ltx"], plan_dir)
-    assert "LTXPipeline" in str(err.value)
+        load(folder, plan_dir)
+    assert "CogVideoXPipeline" in str(err.value)
     _assert_names_families(str(err.value))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from spherediff_core import geometry as g
-from spherediff_core.erp import erp_to_views, views_to_erp
+from spherediff_core.erp import ErpCanvas, erp_to_views, views_to_erp
 
 from tests.core.panoramas import psnr, smooth_colour
 
@@ -51,3 +51,20 @@ def test_views_to_erp_orientation_is_not_mirrored():
     good = psnr(erp, ground_truth_erp(64, 128))
     mirrored = psnr(erp.flip(-1), ground_truth_erp(64, 128))
     assert good > 35 and mirrored < good - 15
+
+
+def test_erp_canvas_blends_video_frames_like_one_erp_per_frame():
+    """Frames as channels, added batch by batch = views_to_erp of every frame on its own."""
+    lay = g.default_view_layout()
+    frames = lay.frames()
+    n_frames, size = 4, 40
+    video = torch.rand(
+        lay.n_views, 3, n_frames, size, size, generator=torch.Generator().manual_seed(1)
+    )
+    canvas = ErpCanvas(frames, lay.fov_deg, 32, 64, 3 * n_frames, chunk_channels=5)
+    for start in range(0, lay.n_views, 7):
+        ids = torch.arange(start, min(start + 7, lay.n_views))
+        canvas.add(video[ids].transpose(1, 2).reshape(len(ids), 3 * n_frames, size, size), ids)
+    blended = canvas.result().reshape(n_frames, 3, 32, 64)
+    for f in range(n_frames):
+        assert torch.equal(blended[f], views_to_erp(video[:, :, f], frames, lay.fov_deg, 32, 64))

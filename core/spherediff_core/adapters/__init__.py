@@ -1,13 +1,19 @@
-"""Model adapters, one per family. The family is detected from model_index.json's class."""
+"""Model adapters, one per family. The family is detected from model_index.json's class.
+
+Image families: SANA, SD 1.x/2.x, SDXL, FLUX.1, SD3. Video families (``is_video``):
+LTX-Video and Wan 2.1/2.2 text-to-video.
+"""
 
 from __future__ import annotations
 
 from .base import ModelAdapter, PromptEmbedding
 from .flux import FluxAdapter
+from .ltx import LTXVideoAdapter
 from .sana import SanaAdapter
 from .sd import StableDiffusionAdapter
 from .sd3 import StableDiffusion3Adapter
 from .sdxl import StableDiffusionXLAdapter
+from .wan import WanAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
     SanaAdapter,
@@ -15,17 +21,21 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     StableDiffusionXLAdapter,
     FluxAdapter,
     StableDiffusion3Adapter,
+    LTXVideoAdapter,
+    WanAdapter,
 )
 
 __all__ = [
     "ADAPTERS",
     "FluxAdapter",
+    "LTXVideoAdapter",
     "ModelAdapter",
     "PromptEmbedding",
     "SanaAdapter",
     "StableDiffusion3Adapter",
     "StableDiffusionAdapter",
     "StableDiffusionXLAdapter",
+    "WanAdapter",
     "adapter_for_class",
     "supported_families_text",
 ]

@@ -7,6 +7,11 @@ and how to decode view latents to RGB. The sphere engine never sees a family.
 Sphere points hold the VAE's latents as they are (C channels, one point per latent
 pixel); families whose transformer packs 2x2 patches (FLUX, SD3) only ask for even grids
 (``grid_multiple``) and pack inside :meth:`ModelAdapter.denoise`.
+
+Video families (``is_video``) are the same contract with a time axis: their grids are
+(n, C, F, h, w) with F latent frames, their VAE compresses time by
+``temporal_compression`` (frames = (F - 1) * compression + 1), ``denoise`` gets the
+frame rate and ``decode`` returns (n, 3, frames, H, W).
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ import torch
 
 from ..denoise import DenoiserInput
 
-__all__ = ["ModelAdapter", "PromptEmbedding", "stack_conditioning"]
+__all__ = [
+    "ModelAdapter",
+    "PromptEmbedding",
+    "frames_rule",
+    "nearest_valid_frames",
+    "stack_conditioning",
+]
 
 
 @dataclass(frozen=True)
@@ -67,12 +78,26 @@ class ModelAdapter(ABC):
     """``_class_name`` values in model_index.json that this adapter drives."""
     default_steps: ClassVar[int] = 30
     default_guidance: ClassVar[float] = 7.5
+    min_steps: ClassVar[int] = 1
+    """The fewest sampling steps the family's schedule can make."""
     grid_multiple: ClassVar[int] = 1
     """The view grid's sides must be multiples of this (2 for 2x2-patch transformers)."""
     preferred_half: ClassVar[torch.dtype] = torch.float16
     """The half precision 'auto' picks on a GPU (bf16 for models trained in it)."""
     load_kwargs: ClassVar[dict[str, Any]] = {}
     """Extra keyword arguments for the pipeline's from_pretrained."""
+    display_name: ClassVar[str] = ""
+    """The family's name in messages, e.g. "LTX-Video" (the family code when empty)."""
+
+    # --- video --------------------------------------------------------------------------
+    is_video: ClassVar[bool] = False
+    """A video model: it makes frame sequences (and refuses stills); an image model the
+    reverse."""
+    temporal_compression: int = 1
+    """Output frames per latent frame (after the first). A class default, read before a
+    model loads; video adapters replace it with their VAE's value when they load."""
+    default_frames: ClassVar[int] = 1
+    default_fps: ClassVar[int | None] = None
 
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe = pipe
@@ -97,6 +122,18 @@ class ModelAdapter(ABC):
         """
         return None
 
+    @property
+    def name(self) -> str:
+        return self.display_name or self.family
+
+    def valid_frames(self, frames: int) -> bool:
+        """Whether the model can make ``frames`` output frames ((k * compression) + 1)."""
+        return frames >= 1 and (frames - 1) % self.temporal_compression == 0
+
+    def latent_frames_for(self, frames: int) -> int:
+        """Latent frames for ``frames`` output frames (1 for a still)."""
+        return (frames - 1) // self.temporal_compression + 1
+
     def uses_cfg(self, guidance: float) -> bool:
         """Whether classifier-free guidance runs (guidance-distilled models embed it instead)."""
         return guidance > 1.0
@@ -107,8 +144,12 @@ class ModelAdapter(ABC):
         """Encode one prompt (also used for the negative prompt)."""
 
     # --- timesteps ----------------------------------------------------------------------
-    def make_scheduler(self, steps: int, grid_hw: tuple[int, int]) -> Any:
-        """A fresh copy of the pipeline's scheduler with ``set_timesteps`` done."""
+    def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:
+        """A fresh copy of the pipeline's scheduler with ``set_timesteps`` done.
+
+        ``grid_hw`` and ``latent_frames`` give the denoiser's input size, for families whose
+        schedule shifts with the sequence length.
+        """
         scheduler = copy.deepcopy(self.pipe.scheduler)
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler
@@ -116,29 +157,55 @@ class ModelAdapter(ABC):
     # --- denoiser -----------------------------------------------------------------------
     @abstractmethod
     def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:
-        """Model output for a batch of grids, (n, C, h, w) float32 on the latents' device."""
+        """Model output for a batch of grids, (n, C, [F,] h, w) float32 on the latents' device.
+
+        Video adapters take the frame rate too: ``denoise(inp, guidance, fps=24)``.
+        """
 
     # --- decoding -----------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """View latents (n, C, h, w) -> RGB images (n, 3, h * s, w * s) float32 in [0, 1]."""
+    @property
+    def decode_needs_noise(self) -> bool:
+        """Whether :meth:`decode` wants a ``noise`` tensor shaped like its latents (a
+        timestep-conditioned VAE that decodes slightly noised latents). The pipeline draws
+        that noise on the sphere, so overlapping views get the same noise."""
+        return False
+
+    def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """View latents -> RGB in [0, 1], float32.
+
+        Images: (n, C, h, w) -> (n, 3, h * s, w * s). Video: (n, C, F, h, w) ->
+        (n, 3, frames, h * s, w * s), ``frames = (F - 1) * temporal_compression + 1``.
+        """
         vae = self.pipe.vae
-        lat = latents.to(device=self.device, dtype=vae.dtype)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        lat = lat / vae.config.scaling_factor + shift
+        lat = self.to_vae_latents(latents.to(device=self.device, dtype=vae.dtype))
         image = vae.decode(lat, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
+    def to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The denoiser's latents -> the VAE decoder's (undo the scaling / normalisation)."""
+        vae = self.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return latents / vae.config.scaling_factor + shift
+
     # --- memory -------------------------------------------------------------------------
     def apply_memory_options(self, cpu_offload: bool, vae_tiling: bool, vae_slicing: bool) -> None:
-        vae = self.pipe.vae
-        if vae_tiling and hasattr(vae, "enable_tiling"):
-            vae.enable_tiling()
-        if vae_slicing and hasattr(vae, "enable_slicing"):
-            vae.enable_slicing()
+        self.enable_vae_memory_savers(vae_tiling, vae_slicing)
         if cpu_offload and self.device.type != "cpu":
             self.pipe.enable_model_cpu_offload(device=self.device)
         else:
             self.pipe.to(self.device)
+
+    def enable_vae_memory_savers(self, tiling: bool = True, slicing: bool = True) -> bool:
+        """Turn on the VAE's tiled and/or sliced decoding; True when something changed."""
+        vae = self.pipe.vae
+        changed = False
+        if tiling and hasattr(vae, "enable_tiling") and not getattr(vae, "use_tiling", False):
+            vae.enable_tiling()
+            changed = True
+        if slicing and hasattr(vae, "enable_slicing") and not getattr(vae, "use_slicing", False):
+            vae.enable_slicing()
+            changed = True
+        return changed
 
     # --- helpers for subclasses -----------------------------------------------------------
     def expand_timestep(self, inp: DenoiserInput) -> torch.Tensor:
@@ -147,7 +214,7 @@ class ModelAdapter(ABC):
         return t.reshape(1).expand(inp.latents.shape[0])
 
     def describe(self) -> dict[str, Any]:
-        return {
+        info = {
             "family": self.family,
             "pipeline_class": type(self.pipe).__name__,
             "latent_channels": self.latent_channels,
@@ -155,7 +222,23 @@ class ModelAdapter(ABC):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
         }
+        if self.is_video:
+            info["temporal_compression"] = int(self.temporal_compression)
+        return info
 
 
 def ceil_to_multiple(value: float, multiple: int) -> int:
     return int(math.ceil(value / multiple - 1e-9) * multiple)
+
+
+def frames_rule(temporal_compression: int) -> str:
+    """The frame counts a model takes, as a formula: "8k+1"."""
+    return f"{temporal_compression}k+1" if temporal_compression > 1 else "any count"
+
+
+def nearest_valid_frames(frames: int, temporal_compression: int, lo: int, hi: int) -> list[int]:
+    """The valid counts (k * compression + 1) in [lo, hi] just below and above ``frames``."""
+    c = max(1, temporal_compression)
+    below = (frames - 1) // c * c + 1
+    candidates = [below, below + c] if below != frames else [frames]
+    return [n for n in candidates if lo <= n <= hi]

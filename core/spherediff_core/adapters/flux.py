@@ -71,7 +71,7 @@ class FluxAdapter(ModelAdapter):
             prompt, {"encoder_hidden_states": embeds.cpu(), "pooled_projections": pooled.cpu()}
         )
 
-    def make_scheduler(self, steps: int, grid_hw: tuple[int, int]) -> Any:
+    def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:
         scheduler = copy.deepcopy(self.pipe.scheduler)
         config = scheduler.config
         image_seq_len = (grid_hw[0] // 2) * (grid_hw[1] // 2)

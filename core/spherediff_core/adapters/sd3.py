@@ -54,7 +54,7 @@ class StableDiffusion3Adapter(ModelAdapter):
             prompt, {"encoder_hidden_states": embeds.cpu(), "pooled_projections": pooled.cpu()}
         )
 
-    def make_scheduler(self, steps: int, grid_hw: tuple[int, int]) -> Any:
+    def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:
         scheduler = copy.deepcopy(self.pipe.scheduler)
         config = scheduler.config
         kwargs: dict[str, Any] = {}

@@ -86,7 +86,7 @@ class StableDiffusionXLAdapter(ModelAdapter):
         return out.float().to(inp.latents.device)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         vae = self.pipe.vae
         # SDXL's VAE overflows in float16 (force_upcast): decode in float32, as diffusers does.
         if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
