@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from . import geometry
-from .adapters import ADAPTERS, adapter_for_class, supported_families_text
+from .adapters import ADAPTERS, adapter_class_for, supported_families_text
 from .adapters.base import (
     ModelAdapter,
     PromptEmbedding,
@@ -54,6 +54,7 @@ from .errors import (
 from .fusion import gather_views
 from .options import MAX_FRAMES, GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
+from .progress import Progress
 
 __all__ = [
     "GenerationResult",
@@ -73,17 +74,6 @@ DECODE_BUDGET_VALUES = 2**27
 float32. Video views are decoded fewer at a time than ``view_batch_size`` above it."""
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """A progress report: ``phase`` is load, denoise, decode or write; step of total."""
-
-    phase: str
-    step: int
-    total: int
-    eta_s: float | None = None
-    message: str = ""
 
 
 @dataclass
@@ -392,16 +382,10 @@ class SphereDiffPipeline:
 
         offline = offline or bool(hub_constants.HF_HUB_OFFLINE)
         index = read_model_index(model, revision, offline, cache_dir)
-        class_name = index.get("_class_name", "")
-        adapter_cls = adapter_for_class(class_name)
-        if adapter_cls is None:
-            raise UnsupportedModelError(
-                f"{model} is a {class_name or 'model of unknown type'}, which SphereDiff "
-                f"cannot drive; it drives {supported_families_text()}"
-            )
+        adapter_cls = adapter_class_for(index, model)
         torch_device = resolve_device(device)
         dtype = resolve_dtype(precision, torch_device, adapter_cls.preferred_half)
-        pipeline_cls = getattr(diffusers, class_name)
+        pipeline_cls = getattr(diffusers, index["_class_name"])
         # Newer diffusers renamed torch_dtype to dtype (and warn on the old name).
         from diffusers.pipelines import pipeline_utils
 

@@ -40,6 +40,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .options import GenerationOptions, OptionsError
+from .progress import Progress
 
 __all__ = [
     "THREADS_ENV",
@@ -335,15 +336,8 @@ def describe_error(exc: BaseException, cancel_reason: str = "") -> ErrorReport:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class ProgressEvent:
-    """Progress of a generation: phase load, denoise, decode or write; step of total."""
-
-    phase: str
-    step: int
-    total: int
-    eta_s: float | None = None
-    message: str = ""
+ProgressEvent = Progress
+"""Progress of a generation (the pipeline's own reports pass through unchanged)."""
 
 
 @dataclass
@@ -389,7 +383,7 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> None
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return  # a Hub id; the pipeline reads its model_index.json (cache or Hub)
-    from .adapters import adapter_for_class, supported_families_text
+    from .adapters import adapter_class_for, supported_families_text
 
     index_path = folder / "model_index.json"
     try:
@@ -399,13 +393,7 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> None
             f"{model}: model_index.json cannot be read ({exc}); point at a diffusers "
             f"pipeline folder of {supported_families_text()}"
         ) from exc
-    class_name = index.get("_class_name", "") if isinstance(index, dict) else ""
-    adapter = adapter_for_class(class_name)
-    if adapter is None:
-        raise UnsupportedModelError(
-            f"{model} is a {class_name or 'model of unknown type'}, which SphereDiff cannot "
-            f"drive; it drives {supported_families_text()}"
-        )
+    adapter = adapter_class_for(index, model)
     if options is not None:
         from .pipeline import check_video_request
 
@@ -455,10 +443,7 @@ def generate(
     token.check()
 
     # Denoise and decode (the pipeline reports those phases itself)
-    def forward(p: Any) -> None:
-        report(ProgressEvent(p.phase, p.step, p.total, p.eta_s, p.message))
-
-    result = pipe(options, callback=forward, should_cancel=token)
+    result = pipe(options, callback=report, should_cancel=token)
     token.check()
 
     # Write

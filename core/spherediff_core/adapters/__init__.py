@@ -6,6 +6,7 @@ LTX-Video and Wan 2.1/2.2 text-to-video.
 
 from __future__ import annotations
 
+from ..errors import UnsupportedModelError
 from .base import ModelAdapter, PromptEmbedding
 from .flux import FluxAdapter
 from .ltx import LTXVideoAdapter
@@ -36,6 +37,7 @@ __all__ = [
     "StableDiffusionAdapter",
     "StableDiffusionXLAdapter",
     "WanAdapter",
+    "adapter_class_for",
     "adapter_for_class",
     "supported_families_text",
 ]
@@ -52,3 +54,15 @@ def adapter_for_class(class_name: str) -> type[ModelAdapter] | None:
 def supported_families_text() -> str:
     """e.g. 'sd (StableDiffusionPipeline), sana (SanaPipeline)'."""
     return ", ".join(f"{a.family} ({'/'.join(a.pipeline_classes)})" for a in ADAPTERS)
+
+
+def adapter_class_for(index: object, model: str) -> type[ModelAdapter]:
+    """The adapter for a parsed model_index.json, or UnsupportedModelError naming the families."""
+    class_name = index.get("_class_name", "") if isinstance(index, dict) else ""
+    adapter = adapter_for_class(class_name)
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"{model} is a {class_name or 'model of unknown type'}, which SphereDiff cannot "
+            f"drive; it drives {supported_families_text()}"
+        )
+    return adapter
