@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from spherediff_core.plan import PlanConfig, SamplingPlan, build_plan
@@ -50,3 +55,22 @@ def engine_env(tmp_path_factory):
     from tests.support.engine_process import engine_env as make_env
 
     return make_env(tmp_path_factory.mktemp("engine-cache"))
+
+
+@pytest.fixture(scope="session")
+def extension_zip(tmp_path_factory) -> Path:
+    """dist .zip built by scripts/build_extension.py (wheel + Blender's build + validate)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_extension.py"
+    out = tmp_path_factory.mktemp("dist")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    zips = sorted(out.glob("spherediff-*.zip"))
+    assert len(zips) == 1, (zips, proc.stdout)
+    print(f"\nbuilt {zips[0].name} in {time.monotonic() - t0:.1f} s")
+    return zips[0]
