@@ -324,3 +324,50 @@ def test_build_without_blender_tool_says_what_it_needs(tmp_path):
     assert proc.returncode != 0
     assert "blender_ext.py was not found" in proc.stderr and "--blender" in proc.stderr, proc
     assert not (root / "wheels").exists() or not list((root / "wheels").glob("*.whl"))
+
+
+def _fake_bpy_wheel(folder: Path, blender_ext: Path) -> Path:
+    """A stand-in for PyPI's bpy 5.0.1 wheel: just Blender's extension tool, where the
+    real module has it (the real one is a 1 GB download)."""
+    import base64
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bpy-5.0.1-py3-none-any.whl"
+    files = {
+        "bpy/__init__.py": b"",
+        "bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py": blender_ext.read_bytes(),
+        "bpy-5.0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: bpy\nVersion: 5.0.1\n",
+        "bpy-5.0.1.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{name},sha256={digest.decode()},{len(data)}")
+        record.append("bpy-5.0.1.dist-info/RECORD,,")
+        z.writestr("bpy-5.0.1.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_build_installs_blender_tool_when_none_is_found(tmp_path, blender_ext):
+    """A fresh clone with no Blender anywhere: the one command makes .venv-bpy50 with
+    bpy 5.0.1 (here a local stand-in wheel, no download) and builds with its tool."""
+    wheelhouse = tmp_path / "wheelhouse"
+    _fake_bpy_wheel(wheelhouse, blender_ext)
+    root = _checkout_copy(tmp_path / "clone")
+    env = {k: v for k, v in os.environ.items() if k not in ("BLENDER_EXT", "BLENDER")}
+    env.update(
+        PATH=str(Path(sys.executable).parent) + os.pathsep + "/usr/bin" + os.pathsep + "/bin",
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(wheelhouse),
+    )
+    proc = _build(sys.executable, root, tmp_path / "dist", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "installing Blender 5.0 as a Python module" in proc.stdout, proc.stdout
+    tools = list((root / ".venv-bpy50").glob("lib/python*/site-packages/bpy/5.0/scripts/*"))
+    assert tools, "no bpy in .venv-bpy50"
+    assert len(list((tmp_path / "dist").glob("spherediff-*.zip"))) == 1
