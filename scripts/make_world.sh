@@ -11,7 +11,6 @@
 # SANA 1600M; it is fetched into the Hugging Face cache first when the Hub is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup_env.sh
 
 MODEL=Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers
 OUT=out/world
@@ -21,12 +20,13 @@ while [ $# -gt 0 ]; do
     --model) MODEL=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --prompt|--size|--steps|--seed) ARGS+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    # The comment block at the top of this file, without its "# " (and nothing after it).
+    -h|--help) awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
-echo "== setting up the engine (.venv) and Blender 5.0 (.venv-bpy50)"
+source scripts/setup_env.sh  # after the arguments: --help needs no Python
 setup_engine_venv
 setup_bpy_venv bpy50 "bpy==5.0.1"
 echo "== building the extension"

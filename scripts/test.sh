@@ -13,5 +13,7 @@ setup_bpy_venv bpy42 "bpy==4.2.*"
 export SPHEREDIFF_BPY_PYTHONS="$PWD/.venv-bpy50/bin/python:$PWD/.venv-bpy42/bin/python"
 export SPHEREDIFF_TORCH_THREADS=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 
+step "ruff check ."
 .venv/bin/python -m ruff check .
+step "pytest $*"
 exec .venv/bin/python -m pytest "$@"

@@ -126,6 +126,76 @@ def request_cancel() -> bool:
     return True
 
 
+# A script that passes a value means it: (value, the switch it implies, the switch's
+# setting). Passing the switch too with another setting is a contradiction, refused.
+IMPLIED_SWITCHES = (
+    ("steps", "auto_steps", False),
+    ("guidance", "auto_guidance", False),
+    ("seed", "random_seed", False),
+    ("fps", "auto_fps", False),
+    ("custom_model", "model_preset", "CUSTOM"),
+    ("width", "size", "CUSTOM"),
+)
+
+
+def script_arguments(idname: str = "spherediff.generate") -> dict | None:
+    """The keyword arguments of the running ``bpy.ops`` call, as the script passed them.
+
+    Blender converts a call's arguments to C before the operator sees them: a string is
+    cut at its first NUL and a float beyond float32 becomes FLT_MAX, without a word. The
+    Python frame of ``bpy.ops``'s call (bpy/ops.py, ``__call__(self, *args, **kw)``) is
+    still on the stack while the operator runs, and holds them unchanged. None when the
+    call came from the UI (no such frame) or a Blender version calls differently.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__call__" and code.co_filename.replace("\\", "/").endswith(
+            "/bpy/ops.py"
+        ):
+            caller, kw = frame.f_locals.get("self"), frame.f_locals.get("kw")
+            get_idname = getattr(caller, "idname_py", None)
+            if callable(get_idname) and get_idname() == idname and isinstance(kw, dict):
+                return kw
+        frame = frame.f_back
+    return None
+
+
+def script_problem(op) -> str:
+    """What is wrong with the values a script passed to the operator (empty: nothing).
+
+    Refused by name, never clamped or cut: a number outside its range
+    (properties.VALUE_RANGES), a string with a NUL character, and a value together with a
+    switch that says otherwise (``size='4K', width=256``).
+    """
+    props = op.properties
+    passed = script_arguments() or {}
+    given = [key for key in properties.GENERATION_KEYS if props.is_property_set(key)]
+    for key in given:
+        value = getattr(op, key)
+        raw = passed.get(key, value)
+        if isinstance(value, str):
+            if isinstance(raw, str) and "\x00" in raw:
+                return (
+                    f"{key}: {raw!r} contains a NUL character; Blender would cut the text "
+                    "there, so remove it"
+                )
+            continue
+        # The value as passed (a float beyond float32 arrives as FLT_MAX, inf as well).
+        number = raw if isinstance(raw, (int, float)) and not isinstance(raw, bool) else value
+        problem = properties.value_problem(key, number)
+        if problem:
+            return problem
+    for value_key, switch, implied in IMPLIED_SWITCHES:
+        if value_key in given and switch in given and getattr(op, switch) != implied:
+            return (
+                f"{switch}={getattr(op, switch)!r} and {value_key}={getattr(op, value_key)!r} "
+                f"contradict each other: {value_key} needs {switch}={implied!r}; pass only "
+                "one of them"
+            )
+    return ""
+
+
 def resolve_values(settings, op=None) -> dict:
     """The settings of this call: the operator's set properties, else the scene's."""
     values = {}
@@ -136,15 +206,7 @@ def resolve_values(settings, op=None) -> dict:
         else:
             values[key] = getattr(settings, key)
     if props is not None:  # a script that passes a value means it
-        implied = (
-            ("steps", "auto_steps", False),
-            ("guidance", "auto_guidance", False),
-            ("seed", "random_seed", False),
-            ("fps", "auto_fps", False),
-            ("custom_model", "model_preset", "CUSTOM"),
-            ("width", "size", "CUSTOM"),
-        )
-        for given, switch, value in implied:
+        for given, switch, value in IMPLIED_SWITCHES:
             if props.is_property_set(given) and not props.is_property_set(switch):
                 values[switch] = value
         # video=True (or False) without a model: when the scene's model is of the other
@@ -225,6 +287,9 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         scene = context.scene
         settings = scene.spherediff
         prefs = get_preferences(context)
+        problem = script_problem(op) if op is not None else ""
+        if problem:
+            return None, f"invalid option: {problem}"
         values = resolve_values(settings, op)
 
         notes = []

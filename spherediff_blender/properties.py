@@ -10,6 +10,7 @@ says in words why a combination cannot work, before a worker starts.
 """
 
 import json
+import math
 from pathlib import Path
 
 import bpy
@@ -105,6 +106,10 @@ IMAGE_PIPELINES = {
 VIDEO_PRESET_RULES = {"LTX": ("LTX-Video", 8, 24), "WAN": ("Wan 2.1", 4, 16)}
 MAX_FRAMES = 1025  # spherediff_core.options.MAX_FRAMES
 MAX_FPS = 240  # spherediff_core.options.MAX_FPS
+MAX_WIDTH = 16384  # spherediff_core.options.MAX_WIDTH
+MAX_STEPS = 1000  # spherediff_core.options.MAX_STEPS
+MAX_GUIDANCE = 50.0  # spherediff_core.options: guidance 0 to 50
+MAX_STRENGTH = 1_000_000.0  # the Background node's own limit
 
 _CUSTOM_ITEM = (
     "CUSTOM",
@@ -144,6 +149,72 @@ SIZE_ITEMS = (
 )
 
 MAX_SEED = 2**31 - 1  # Blender's IntProperty is 32-bit
+
+# The allowed range of each number setting, (min, max); None: unbounded (but finite).
+# The scene's settings (the panel) clamp to it like any Blender property. The operator's
+# copies do not: Blender clamps a value outside a property's hard range without a word
+# (steps=0 would run 1 step, width=100000 a 16384-pixel job), so the operator takes any
+# number and refuses one outside this range by name (value_problem), as the command line
+# does.
+VALUE_RANGES = {
+    "width": (64, MAX_WIDTH),
+    "steps": (1, MAX_STEPS),
+    "guidance": (0.0, MAX_GUIDANCE),
+    "seed": (0, MAX_SEED),
+    "frames": (1, MAX_FRAMES),
+    "fps": (1, MAX_FPS),
+    "rotation_z": (None, None),
+    "strength": (0.0, MAX_STRENGTH),
+}
+
+
+def value_problem(key: str, value) -> str:
+    """Why ``value`` is refused for the number setting ``key`` (empty: it is allowed).
+
+    Worded like the engine's own validation (spherediff_core.options): the name, the
+    value and the range to use.
+    """
+    if key not in VALUE_RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    lo, hi = VALUE_RANGES[key]
+
+    def show(number) -> str:
+        return f"{number:g}" if isinstance(number, float) else str(number)
+
+    if lo is None and hi is None:
+        wanted = "a finite number"
+    elif hi is None:
+        wanted = f"{show(lo)} or more"
+    else:
+        wanted = f"{show(lo)} to {show(hi)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{key}: {value!r} is not a finite number; use {wanted}"
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        return f"{key}: {show(value)} is out of range; use {wanted}"
+    return ""
+
+
+def _number_range(key: str, live_update: bool, soft_min=None, soft_max=None) -> dict:
+    """min/max/soft_min/soft_max of a number setting (see VALUE_RANGES).
+
+    The scene's copy gets the range as its hard limits. The operator's copy keeps only the
+    soft limits (what a slider offers) so that Blender passes a script's value unchanged,
+    up to the property type's own range (32-bit int, float32).
+    """
+    lo, hi = VALUE_RANGES[key]
+    limits = {}
+    if lo is not None:
+        limits["soft_min"] = lo if soft_min is None else soft_min
+        if live_update:
+            limits["min"] = lo
+    if hi is not None:
+        limits["soft_max"] = hi if soft_max is None else soft_max
+        if live_update:
+            limits["max"] = hi
+    elif soft_max is not None:
+        limits["soft_max"] = soft_max
+    return limits
+
 
 # Path properties that may start with "//" say so (Blender 4.5+ warns otherwise; 4.2 does
 # not know the option).
@@ -367,10 +438,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Width",
             description="Image width in pixels for the Custom size (even; height = width / 2)",
             default=1024,
-            min=64,
-            max=16384,
-            soft_min=256,
-            soft_max=8192,
+            **_number_range("width", live_update, soft_min=256, soft_max=8192),
             step=64,
             options=opts,
         ),
@@ -384,9 +452,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Steps",
             description="Denoising steps: more is slower and usually cleaner",
             default=20,
-            min=1,
-            max=1000,
-            soft_max=100,
+            **_number_range("steps", live_update, soft_max=100),
             options=opts,
         ),
         "auto_guidance": BoolProperty(
@@ -399,9 +465,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Guidance",
             description="How strictly the image follows the prompt (classifier-free guidance)",
             default=4.5,
-            min=0.0,
-            max=50.0,
-            soft_max=20.0,
+            **_number_range("guidance", live_update, soft_max=20.0),
             step=10,
             precision=1,
             options=opts,
@@ -416,8 +480,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Seed",
             description="Starting noise: the same seed and settings give the same image",
             default=0,
-            min=0,
-            max=MAX_SEED,
+            **_number_range("seed", live_update),
             options=opts,
         ),
         "output_dir": StringProperty(
@@ -456,9 +519,7 @@ def generation_properties(live_update: bool) -> dict:
                 "121; Wan takes 4k+1: 5, 9, ... 81)"
             ),
             default=49,
-            min=1,
-            max=MAX_FRAMES,
-            soft_max=257,
+            **_number_range("frames", live_update, soft_max=257),
             options=opts,
         ),
         "auto_fps": BoolProperty(
@@ -471,8 +532,7 @@ def generation_properties(live_update: bool) -> dict:
             name="FPS",
             description="Frames per second of the animated world",
             default=24,
-            min=1,
-            max=MAX_FPS,
+            **_number_range("fps", live_update),
             options=opts,
         ),
         "loop": BoolProperty(
@@ -506,8 +566,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Strength",
             description="Brightness of the environment's light (Background strength)",
             default=1.0,
-            min=0.0,
-            soft_max=10.0,
+            **_number_range("strength", live_update, soft_max=10.0),
             options=opts,
             **update,
         ),

@@ -24,6 +24,9 @@ video      animated worlds: synthetic frame sequences from a fake worker
            frames with and without loop, Match Scene, the Animated switch and its checks,
            failures and cancel; then (with --model, a tiny video pipeline) a real
            generation and a real cancel through the worker.
+arguments  a script's values: out of range, NUL characters, contradicting size and
+           width; refused by name before any worker starts (recording_worker.py sees
+           the jobs that get through), never clamped or cut.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ def parse_args() -> argparse.Namespace:
         argv = argv[argv.index("--") + 1 :]
     p = argparse.ArgumentParser()
     p.add_argument(
-        "--scenario", required=True, choices=["register", "generate", "installer", "video"]
+        "--scenario",
+        required=True,
+        choices=["register", "generate", "installer", "video", "arguments"],
     )
     p.add_argument("--zip", required=True)
     p.add_argument("--out", required=True)
@@ -823,6 +828,102 @@ def scenario_video(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+def scenario_arguments(args, out: dict) -> None:
+    """A script's values reach the worker as passed, or are refused by name."""
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    props_mod = sys.modules[SUB + ".properties"]
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    log = work / "jobs.jsonl"
+    log.touch()
+    worker = work / "recording-python"
+    worker.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "recording_worker.py"}" "$@"\n',
+        encoding="utf-8",
+    )
+    worker.chmod(0o755)
+    # The recording worker runs under the bpy interpreter's own Python: it needs no engine.
+    os.environ["SPHEREDIFF_PYTHON"] = str(worker)
+    os.environ["RECORDING_WORKER_LOG"] = str(log)
+    s = scene.spherediff
+    s.prompt = "a stormy sky over the sea"
+    s.model_preset = "SD15"  # never loaded: the recording worker only writes the job down
+    s.size = "2K"
+
+    def files() -> list[str]:
+        skip = {"scene.blend", "jobs.jsonl", "recording-python"}
+        return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name not in skip)
+
+    calls = {}
+
+    def call(name: str, **kwargs) -> None:
+        jobs_before = len(log.read_text(encoding="utf-8").splitlines())
+        files_before = files()
+        res = call_generate(**kwargs)
+        res["jobs"] = [json.loads(x) for x in log.read_text().splitlines()[jobs_before:]]
+        res["new_files"] = sorted(set(files()) - set(files_before))
+        res["staging"] = staging_leftovers()
+        calls[name] = res
+
+    nan = float("nan")
+    call("steps_zero", steps=0)
+    call("steps_huge", steps=100000)
+    call("seed_negative", seed=-1)
+    call("width_huge", width=100000)
+    call("width_small", width=32)
+    call("guidance_negative", guidance=-1.0)
+    call("guidance_inf", guidance=float("inf"))
+    call("guidance_beyond_float32", guidance=1e39)
+    call("strength_negative", strength=-2.0)
+    call("rotation_nan", rotation_z=nan)
+    call("frames_zero", video=True, model_preset="WAN", frames=0)
+    call("fps_huge", video=True, model_preset="WAN", frames=5, fps=1000)
+    call("steps_unused_still_refused", steps=0, auto_steps=True)
+    call("nul_output_dir", output_dir=str(work / "renders") + "\x00/elsewhere")
+    call("nul_prompt", prompt="a quiet lake\x00 at night")
+    call("nul_custom_model", custom_model=str(work) + "\x00/model")
+    call("size_and_width", size="4K", width=256)
+    call("steps_and_auto_steps", steps=30, auto_steps=True)
+    call("seed_and_random_seed", seed=5, random_seed=True)
+    call("custom_model_and_preset", custom_model=str(work), model_preset="SDXL")
+    # What gets through: a custom width (alone or with size='CUSTOM'), a preset size, a
+    # value with its switch set the matching way, and the range's ends.
+    call("width_alone", width=256, steps=3, seed=11)
+    call("custom_size_and_width", size="CUSTOM", width=256)
+    call("size_alone", size="1K")
+    call("steps_and_auto_off", steps=7, auto_steps=False)
+    call("range_ends", width=64, steps=1000, seed=2**31 - 1, guidance=50.0, strength=0.0)
+    out["calls"] = calls
+
+    # The panel's settings still clamp (the UI's behaviour), and the operator keeps the
+    # slider (soft) limits while taking any number a script passes.
+    s.steps = 0
+    s.width = 100000
+    out["scene_clamped"] = {"steps": s.steps, "width": s.width}
+    rna = bpy.ops.spherediff.generate.get_rna_type().properties
+    out["operator_limits"] = {
+        key: {
+            "hard": [rna[key].hard_min, rna[key].hard_max],
+            "soft": [rna[key].soft_min, rna[key].soft_max],
+        }
+        for key in ("width", "steps", "guidance", "seed", "frames", "fps", "strength")
+    }
+    from spherediff_core import options as engine
+
+    ranges = getattr(props_mod, "VALUE_RANGES", {})  # (none before the add-on had them)
+    out["ranges"] = {k: list(v) for k, v in ranges.items()}
+    out["engine_ranges"] = {
+        "width": [64, engine.MAX_WIDTH],
+        "steps": [1, engine.MAX_STEPS],
+        "frames": [1, engine.MAX_FRAMES],
+        "fps": [1, engine.MAX_FPS],
+    }
+    out["end"] = {"children": child_processes(), "staging": staging_leftovers()}
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
 def scenario_installer(args, out: dict) -> None:
     out["install"] = install_and_enable(args.zip)
     sub = sys.modules[SUB]
@@ -867,6 +968,7 @@ def main() -> int:
             "generate": scenario_generate,
             "installer": scenario_installer,
             "video": scenario_video,
+            "arguments": scenario_arguments,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

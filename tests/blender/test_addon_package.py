@@ -4,9 +4,12 @@ tool, installed into a temporary user repository of each bpy, registered and unr
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import tomllib
@@ -182,3 +185,189 @@ def test_panels_and_preferences_draw(registered):
     assert ("operator", "spherediff.cancel") in running
     assert any(kind == "progress" for kind, _ in running)
     assert ("prop", "custom_model") in running and ("prop", "width") in running
+
+
+# --------------------------------------------------------------------------- the build
+def _checkout_copy(dest: Path) -> Path:
+    """This repository's files as a fresh clone has them (tracked or not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        src = REPO_ROOT / name
+        if src.is_file():  # (a deleted, not yet committed file is still listed)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def _build(
+    python: str, root: Path, out: Path, *extra: str, env=None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, str(root / "scripts" / "build_extension.py"), "--output-dir", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+
+
+def _addon_sources(root: Path) -> set[str]:
+    return {f"spherediff_blender/{p.name}" for p in (root / "spherediff_blender").glob("*.py")}
+
+
+def _plant_strays(root: Path) -> None:
+    """What a user's folder holds after make_world.sh and some work in it."""
+    for name, data in {
+        "out/forest/spherediff/pano.png": b"\x89PNG not really",
+        "out/forest/world.blend": b"BLENDER-v500",
+        "scene.blend": b"BLENDER-v500",
+        "scene.blend1": b"BLENDER-v500",
+        "stray.py": b"print('not part of the add-on')\n",
+        "notes.txt": b"todo\n",
+        "LICENSE.bak": b"old\n",
+        "spherediff_blender/notes.txt": b"todo\n",
+        "spherediff_blender/sky.blend": b"BLENDER-v500",
+        "spherediff_blender/__pycache__/operators.cpython-311.pyc": b"\0",
+        "spherediff_blender/sub/extra.py": b"x = 1\n",
+        "spherediff_blender/.hidden.py": b"x = 1\n",
+        "wheels/old_thing-1.0-py3-none-any.whl": b"PK not really",
+        ".env": b"SECRET=1\n",
+    }.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "tests" / "blender" / "scratch.json").write_text("{}")
+
+
+@pytest.fixture(scope="module")
+def blender_ext():
+    tools = blender_ext_tools()
+    if not tools:
+        pytest.fail("no Blender extension tool (blender_ext.py) found in the bpy installations")
+    return tools[0]
+
+
+def test_package_is_the_allow_list_only(tmp_path, blender_ext):
+    """Outputs, .blend files, stray scripts, tests, caches in the folder: none is packed.
+
+    The copy finds Blender's tool the way a checkout after make_world.sh does: through
+    a .venv-bpy* folder beside the scripts.
+    """
+    root = _checkout_copy(tmp_path / "clone")
+    _plant_strays(root)
+    bpy_venv = blender_ext.parents[9]  # <venv>/lib/pythonX/site-packages/bpy/<v>/scripts/...
+    assert (bpy_venv / "pyvenv.cfg").is_file(), bpy_venv
+    (root / ".venv-bpy-found").symlink_to(bpy_venv, target_is_directory=True)
+    proc = _build(sys.executable, root, tmp_path / "dist")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (package,) = (tmp_path / "dist").glob("spherediff-*.zip")
+    manifest = tomllib.loads((root / "blender_manifest.toml").read_text())
+    wheel = manifest["wheels"][0].removeprefix("./")
+    names = {n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/")}
+    expected = {"blender_manifest.toml", "__init__.py", wheel} | _addon_sources(root)
+    expected -= {"spherediff_blender/.hidden.py"}
+    assert names == expected, {"extra": names - expected, "missing": expected - names}
+
+
+def test_build_refuses_a_package_beyond_the_allow_list(tmp_path, blender_ext):
+    """The build script checks the .zip itself: a manifest (or a Blender) that lets more
+    in fails the build, and no .zip is left."""
+    root = _checkout_copy(tmp_path / "clone")
+    _plant_strays(root)
+    manifest = root / "blender_manifest.toml"
+    text = manifest.read_text()
+    head = text[: text.index("[build]")]
+    manifest.write_text(head + '[build]\npaths_exclude_pattern = ["__pycache__/", ".*"]\n')
+    proc = _build(sys.executable, root, tmp_path / "dist", "--blender-ext", str(blender_ext))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    err = proc.stderr
+    assert "allow-list" in err and "out/forest/world.blend" in err and "stray.py" in err, err
+    assert not list((tmp_path / "dist").glob("*.zip"))
+
+
+def test_build_with_old_setuptools(tmp_path, blender_ext):
+    """A stock Python 3.11 venv (setuptools 65, no wheel package) builds the extension:
+    pyproject.toml asks for setuptools >= 68, so the wheel is built in isolation instead
+    of failing with "invalid command 'bdist_wheel'"."""
+    venv = tmp_path / "py311"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "setuptools<66"],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "wheel"], timeout=120)
+    probe = "import setuptools; print(setuptools.__version__)"
+    version = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout
+    assert int(version.split(".")[0]) < 66, version
+    root = _checkout_copy(tmp_path / "clone")
+    proc = _build(python, root, tmp_path / "dist", "--blender-ext", str(blender_ext))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "isolated" in proc.stdout, proc.stdout
+    (package,) = (tmp_path / "dist").glob("spherediff-*.zip")
+    with zipfile.ZipFile(package) as z:
+        assert "__init__.py" in z.namelist()
+
+
+def test_build_without_blender_tool_says_what_it_needs(tmp_path):
+    """No Blender tool anywhere and --no-blender-setup: one clear line, nothing built."""
+    root = _checkout_copy(tmp_path / "clone")
+    env = {k: v for k, v in os.environ.items() if k not in ("BLENDER_EXT", "BLENDER")}
+    env["PATH"] = str(Path(sys.executable).parent)  # no `blender` on it
+    proc = _build(sys.executable, root, tmp_path / "dist", "--no-blender-setup", env=env)
+    assert proc.returncode != 0
+    assert "blender_ext.py was not found" in proc.stderr and "--blender" in proc.stderr, proc
+    assert not (root / "wheels").exists() or not list((root / "wheels").glob("*.whl"))
+
+
+def _fake_bpy_wheel(folder: Path, blender_ext: Path) -> Path:
+    """A stand-in for PyPI's bpy 5.0.1 wheel: just Blender's extension tool, where the
+    real module has it (the real one is a 1 GB download)."""
+    import base64
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bpy-5.0.1-py3-none-any.whl"
+    files = {
+        "bpy/__init__.py": b"",
+        "bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py": blender_ext.read_bytes(),
+        "bpy-5.0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: bpy\nVersion: 5.0.1\n",
+        "bpy-5.0.1.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{name},sha256={digest.decode()},{len(data)}")
+        record.append("bpy-5.0.1.dist-info/RECORD,,")
+        z.writestr("bpy-5.0.1.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+def test_build_installs_blender_tool_when_none_is_found(tmp_path, blender_ext):
+    """A fresh clone with no Blender anywhere: the one command makes .venv-bpy50 with
+    bpy 5.0.1 (here a local stand-in wheel, no download) and builds with its tool."""
+    wheelhouse = tmp_path / "wheelhouse"
+    _fake_bpy_wheel(wheelhouse, blender_ext)
+    root = _checkout_copy(tmp_path / "clone")
+    env = {k: v for k, v in os.environ.items() if k not in ("BLENDER_EXT", "BLENDER")}
+    env.update(
+        PATH=str(Path(sys.executable).parent) + os.pathsep + "/usr/bin" + os.pathsep + "/bin",
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(wheelhouse),
+    )
+    proc = _build(sys.executable, root, tmp_path / "dist", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "installing Blender 5.0 as a Python module" in proc.stdout, proc.stdout
+    tools = list((root / ".venv-bpy50").glob("lib/python*/site-packages/bpy/5.0/scripts/*"))
+    assert tools, "no bpy in .venv-bpy50"
+    assert len(list((tmp_path / "dist").glob("spherediff-*.zip"))) == 1
