@@ -1051,7 +1051,11 @@ OPERATOR_CASES = {
         "custom_model='/no/such/model'",
         ("model",),
     ),
-    "op-video-image-model": ({"video": True}, "video=True with an image model", ("video",)),
+    "op-video-image-model": (
+        {"video": True, "model_preset": "CUSTOM", "custom_model": "$MODEL"},
+        "video=True with an image model",
+        ("video",),
+    ),
     "op-python-missing": (
         {"env_python": "/no/such/python"},
         "the worker Python is missing",

@@ -60,7 +60,8 @@ def run_cases(args, out: dict) -> None:
     cases = json.loads(Path(args.cases).read_text(encoding="utf-8"))
     results = {}
     for case_id, spec in cases.items():
-        spec = dict(spec)
+        # "$MODEL" stands for the tiny model's folder, known only here.
+        spec = {k: args.model if v == "$MODEL" else v for k, v in spec.items()}
         env_python = spec.pop("env_python", None)
         readonly = spec.pop("readonly_output", None)
         saved = os.environ.get("SPHEREDIFF_PYTHON")
