@@ -181,7 +181,8 @@ def remove_stale_temporaries(folder: Path, finals: tuple[Path, ...] = ()) -> lis
     A ``.tmp`` is a half-written file or frames folder: removed. An ``.old`` is an earlier
     output moved aside by a writer that died while putting its files in place: it is put
     back when its name is one of ``finals`` (the caller holds that output's lock) and free,
-    else removed when it belongs to ``finals``, else left for the writer of that output.
+    removed when that name is taken (the new output was placed), else left for the writer
+    of that output.
     """
     removed: list[str] = []
     try:
@@ -199,9 +200,9 @@ def remove_stale_temporaries(folder: Path, finals: tuple[Path, ...] = ()) -> lis
                 continue
             final = folder / match["final"]
             if not os.path.lexists(final):
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # else it stays for the next run
                     os.replace(path, final)
-                    continue
+                continue
         remove(path)
         removed.append(entry.name)
     return removed
@@ -251,8 +252,7 @@ class StemLock:
     def __exit__(self, *exc: object) -> None:
         if self._held:
             self._held = False
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            unlink(self.path)
 
     @staticmethod
     def _owner_dead(path: Path) -> bool:
@@ -268,18 +268,30 @@ class StemLock:
     def _break_stale(self) -> None:
         if not _create_pid_file(self._break):
             if self._owner_dead(self._break):
-                with contextlib.suppress(FileNotFoundError):
-                    self._break.unlink()
+                unlink(self._break)
             else:
                 time.sleep(0.005)
             return
         try:
             if self._owner_dead(self.path):  # still the dead one's, not a new owner's
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
+                unlink(self.path)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                self._break.unlink()
+            unlink(self._break)
+
+
+def unlink(path: Path) -> None:
+    """Remove a file (gone already is fine); retried briefly on Windows, where a waiter
+    reading the lock file holds it open for a moment."""
+    for attempt in range(10):
+        try:
+            path.unlink()
+            return
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            if os.name != "nt" or attempt == 9:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _create_pid_file(path: Path) -> bool:
@@ -290,8 +302,11 @@ def _create_pid_file(path: Path) -> bool:
         return False
     try:
         os.write(fd, str(os.getpid()).encode("ascii"))
-    finally:
+    except BaseException:
         os.close(fd)
+        unlink(path)  # a full disk must not leave an empty lock behind
+        raise
+    os.close(fd)
     return True
 
 

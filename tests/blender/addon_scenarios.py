@@ -410,6 +410,7 @@ def scenario_generate(args, out: dict) -> None:
         "colorspace": img.colorspace_settings.name,
         "packed": img.packed_file is not None,
         "sidecar_exists": Path(bpy.path.abspath(img.filepath)).with_suffix(".json").is_file(),
+        "sidecar": saved_result(work, img.filepath)["sidecar_text"],
         "projection": env.projection,
         "custom": {k: img[k] for k in img.keys() if k.startswith("spherediff")},  # noqa: SIM118
     }
