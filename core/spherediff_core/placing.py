@@ -45,6 +45,7 @@ __all__ = [
 
 SIDECAR_FORMAT = "spherediff"
 MODEL_INDEX = "model_index.json"
+MAX_SIDECAR_BYTES = 4 * 1024 * 1024
 LOCK_WAIT_S = 120.0
 """How long a writer waits for another live writer of the same output (placing takes ms)."""
 UNREADABLE_LOCK_STALE_S = 10.0
@@ -71,8 +72,10 @@ def _sidecar_problem(sidecar: Path) -> str:
     if sidecar.is_dir():
         return f"{str(sidecar)!r} (the sidecar's name) is a folder; {fix}"
     try:
+        if sidecar.stat().st_size > MAX_SIDECAR_BYTES:  # ours are a few KB
+            raise ValueError("too large for a sidecar")
         doc = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: hostile nesting
         return f"{str(sidecar)!r} exists and is not a SphereDiff sidecar (unreadable); {fix}"
     if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
         return f"{str(sidecar)!r} exists and was not written by SphereDiff; {fix}"

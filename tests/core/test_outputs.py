@@ -243,8 +243,8 @@ def test_a_failed_sidecar_rename_keeps_the_earlier_pair(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "content",
-    ['{"name": "my notes", "format": "other"}', "[1, 2, 3]", "not json at all", ""],
-    ids=["foreign", "list", "garbage", "empty"],
+    ['{"name": "my notes", "format": "other"}', "[1, 2, 3]", "not json at all", "", "[" * 100_000],
+    ids=["foreign", "list", "garbage", "empty", "nested"],
 )
 def test_a_json_not_written_by_spherediff_is_never_replaced(tmp_path, content):
     foreign = tmp_path / "pano.json"
