@@ -520,6 +520,16 @@ def test_a_failed_sidecar_rename_keeps_the_earlier_video(tmp_path, monkeypatch):
     assert sorted(os.listdir(out)) == ["clip.json", "clip.mp4", "clip_frames"]
 
 
+def test_an_unnormalised_video_path_leaves_no_stray_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "ffmpeg_exe", lambda: None)  # no MP4: quicker
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = outputs.write_video_outputs(fake_video_result(tmp_path, n=2), f"{out}/sub/../../c.mp4")
+    assert paths.frames_dir == tmp_path / "c_frames"
+    assert sorted(os.listdir(tmp_path)) == ["c.json", "c_frames", "out"]
+    assert os.listdir(out) == []  # no sub/
+
+
 # A writer of a long video, killed (or held) in the middle of its frames.
 SLOW_WRITER = """
 import sys
