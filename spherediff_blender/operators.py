@@ -3,13 +3,13 @@ Worker and Install Dependencies.
 
 A generation never touches the scene until it has succeeded: the worker writes into a
 fresh staging folder (``tempfile.mkdtemp``); only a finished image (or, for an animated
-world, the finished frame sequence) is moved to the output folder and loaded into the
+world, the finished frame sequence) is saved into the output folder (saving.py: whole
+files only, across file systems too, its sidecar rewritten to describe them) and loaded into the
 World, in one undo step. On failure or cancel the staging folder is removed and the World
 and the scene's frame range and rate are exactly as they were.
 """
 
 import contextlib
-import os
 import random
 import shutil
 import sys
@@ -23,7 +23,7 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 from bpy.types import Operator
 
-from . import installer, properties, worker_client, world
+from . import installer, properties, saving, worker_client, world
 from .preferences import (
     default_model_id,
     default_video_model_id,
@@ -267,17 +267,6 @@ def build_options(values: dict, prefs, output: str) -> dict:
     }
 
 
-def _writable_folder_problem(folder: Path) -> str:
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"the output folder {str(folder)!r} cannot be created ({str(probe)!r} is a file)"
-    if not os.access(probe, os.W_OK):
-        return f"the output folder {str(folder)!r} is not writable"
-    return ""
-
-
 def start_generation(context, op=None) -> tuple[Generation | None, str]:
     """Check everything, then start the worker. Returns (generation, "") or (None, error)."""
     global _ACTIVE
@@ -310,7 +299,7 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         error = validate_options(options)
         if error:
             return None, f"invalid option: {error}"
-        problem = _writable_folder_problem(world.output_folder(values["output_dir"]))
+        problem = saving.folder_problem(world.output_folder(values["output_dir"]))
         if problem:
             return None, problem
 
@@ -401,11 +390,9 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             dest = world.unique_image_path(folder, seed)
-            shutil.move(result["image"], dest)
-            sidecar = result.get("sidecar")
-            if isinstance(sidecar, str) and Path(sidecar).is_file():
-                shutil.move(sidecar, dest.with_suffix(".json"))
-        except OSError as exc:
+            steps = [(dest, saving.file_from(Path(result["image"])))]
+            saving.save_result(steps, result.get("sidecar"), dest.with_suffix(".json"), dest)
+        except (OSError, ValueError) as exc:
             message = f"could not save the panorama in {str(folder)!r}: {exc}"
             settings.last_error = message
             return False, message
@@ -464,24 +451,22 @@ def _finish_video(scene, gen: Generation, result: dict) -> tuple[bool, str]:
 
     dest = world.unique_image_path(folder, seed)
     _, dest_sidecar, dest_frames, dest_mp4 = world.sequence_paths(dest)
-    placed: list[Path] = []
+    has_mp4 = video.mp4 is not None and video.mp4.is_file()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        dest_frames.mkdir()
-        placed.append(dest_frames)
-        for frame in frames:
-            shutil.move(frame, dest_frames / frame.name)
-        for src, dst in ((video.mp4, dest_mp4), (result.get("sidecar"), dest_sidecar)):
-            if isinstance(src, (str, Path)) and Path(src).is_file():
-                shutil.move(src, dst)
-                placed.append(dst)
-    except OSError as exc:
-        for path in placed:  # never half a sequence in the output folder
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+        steps = [(dest_frames, saving.folder_from(frames))]
+        if has_mp4:
+            steps.append((dest_mp4, saving.file_from(video.mp4)))
+        saving.save_result(
+            steps,
+            result.get("sidecar"),
+            dest_sidecar,
+            dest,
+            frames_dir=dest_frames,
+            first_frame=frames[0].name,
+            mp4=dest_mp4 if has_mp4 else None,
+        )
+    except (OSError, ValueError) as exc:
         return failed(f"could not save the frames in {str(folder)!r}: {exc}")
 
     first = dest_frames / frames[0].name
@@ -491,7 +476,7 @@ def _finish_video(scene, gen: Generation, result: dict) -> tuple[bool, str]:
         "prompt": gen.options["prompt"][:1000],
         "frames": count,
         "fps": int(fps),
-        "mp4": world.blend_relative(dest_mp4) if dest_mp4 in placed else None,
+        "mp4": world.blend_relative(dest_mp4) if has_mp4 else None,
     }
     world.set_from_sequence(
         scene,

@@ -17,6 +17,7 @@ __all__ = [
     "CancelledError",
     "ModelNotFoundError",
     "OutOfMemoryError",
+    "OutputError",
     "SphereDiffError",
     "UnsupportedModelError",
 ]
@@ -40,6 +41,14 @@ class BadInputError(SphereDiffError):
     """An option or job is invalid (raised before any model loads)."""
 
     code = "bad_input"
+    exit_code = EXIT_BAD_INPUT
+
+
+class OutputError(SphereDiffError):
+    """The outputs cannot be written where asked (not writable, disk full, a file that is
+    not ours in the way); nothing was left behind and earlier outputs were kept."""
+
+    code = "output_error"
     exit_code = EXIT_BAD_INPUT
 
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .placing import output_path, output_problem, probe_folder
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEVICES",
@@ -286,18 +288,16 @@ def _check_output(output: Any, video: Any = False) -> None:
         raise OptionsError("output", f"{output!r} must end in .png")
     if path.is_dir():
         raise OptionsError("output", f"{output!r} is a folder; give a file name ending in .png")
-    _check_writable_dir("output", str(path.parent if str(path.parent) else "."), create_ok=True)
+    # What the writer checks again at write time, here before anything loads.
+    final = output_path(output)
+    problem = output_problem(final, final.with_suffix(".json"))
+    if problem:
+        raise OptionsError("output", problem)
+    _check_writable_dir("output", str(final.parent))
 
 
-def _check_writable_dir(name: str, folder: str, create_ok: bool = True) -> None:
-    path = Path(folder).expanduser()
-    probe = path
-    # The folder may not exist yet: its nearest existing ancestor must be a writable folder.
-    while not probe.exists():
-        if probe.parent == probe or not create_ok:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise OptionsError(name, f"{folder!r} cannot be created: {str(probe)!r} is a file")
-    if not probe.exists() or not os.access(probe, os.W_OK):
-        raise OptionsError(name, f"{folder!r} is not writable; choose a folder you can write to")
+def _check_writable_dir(name: str, folder: str) -> None:
+    """The folder, or the nearest existing folder above it, must take a new file."""
+    problem = probe_folder(Path(folder).expanduser())
+    if problem:
+        raise OptionsError(name, problem)

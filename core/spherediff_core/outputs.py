@@ -8,7 +8,13 @@ parameters, the output file, the timings and the creation time.
 
 Both files are written under temporary names in the output folder and renamed into place
 (``os.replace``), so a reader never sees half a file; on any failure the temporaries are
-removed. The temporary names derive from the output's own name, never from the prompt.
+removed and an earlier output of the same name is kept whole (image and sidecar). The
+temporary names derive from the output's own name and the writer's process id, never from
+the prompt; a later run removes those of writers that died (:mod:`.placing`). Two writers
+of the same output put their files in place one after the other (a lock file next to
+them), so an image always sits beside its own sidecar. A ``<stem>.json`` that SphereDiff
+did not write, and a folder holding a diffusers model, are never written into. Any
+failure to write is an :class:`~spherediff_core.errors.OutputError` naming the path.
 
 A video (:func:`write_video_outputs`) is named by the output's stem: a numbered ERP frame
 sequence ``<stem>_frames/frame_0001.png``... (1-based, 4 digits: what Blender loads as an
@@ -25,12 +31,13 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import secrets
-import shutil
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import placing
+from .errors import OutputError
 
 __all__ = [
     "FRAME_NAME",
@@ -75,7 +82,7 @@ class VideoOutputPaths:
 
 def video_paths_for(output: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """``clip.png`` or ``clip.mp4`` -> (``clip_frames``, ``clip.mp4``, ``clip.json``)."""
-    path = Path(output).expanduser().absolute()
+    path = placing.output_path(output)
     folder, stem = path.parent, path.stem
     return folder / f"{stem}_frames", folder / f"{stem}.mp4", folder / f"{stem}.json"
 
@@ -162,7 +169,7 @@ def _temp_name(folder: Path, final: Path) -> Path:
     (tempfile.mkstemp would make it private, 0600, and the rename would keep that.)
     """
     for _ in range(100):
-        path = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
+        path = placing.temp_path(folder, final)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o666)
         except FileExistsError:
@@ -193,16 +200,43 @@ def _save_text(text: str, path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _replace(src: Path, dst: Path) -> None:
-    """os.replace, retried briefly on Windows where a reader may hold the target open."""
-    for attempt in range(10):
-        try:
-            os.replace(src, dst)
-            return
-        except PermissionError:
-            if os.name != "nt" or attempt == 9:
-                raise
-            time.sleep(0.1 * (attempt + 1))
+def _check_target(image: Path, sidecar: Path) -> None:
+    problem = placing.output_problem(image, sidecar)
+    if problem:
+        raise OutputError(f"output: {problem}")
+
+
+@contextlib.contextmanager
+def _writing(image: Path, sidecar: Path) -> Iterator[list[Path]]:
+    """Around one write: the checks, the folder, and the temporaries (the block appends
+    them to the yielded list; they are removed when it fails). An OSError becomes an
+    OutputError that names the path."""
+    _check_target(image, sidecar)
+    folder = sidecar.parent
+    temps: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        placing.remove_stale_temporaries(folder)
+        yield temps
+    except BaseException as exc:
+        for tmp in temps:
+            placing.remove(tmp)
+        if isinstance(exc, OSError):
+            where = os.fspath(exc.filename) if exc.filename else folder
+            raise OutputError(
+                f"output: cannot write {str(where)!r} ({exc.strerror or exc}); choose a folder "
+                "you can write to, with enough free space (earlier outputs were kept)"
+            ) from exc
+        raise
+
+
+def _put_in_place(image: Path, sidecar: Path, moves: list[tuple[Path | None, Path]]) -> None:
+    """Rename the temporaries into place under the output's lock (checked again there)."""
+    folder = sidecar.parent
+    with placing.StemLock(folder, sidecar.stem):
+        placing.remove_stale_temporaries(folder, tuple(final for _tmp, final in moves))
+        _check_target(image, sidecar)
+        placing.put_in_place(moves)
 
 
 def write_outputs(
@@ -215,36 +249,27 @@ def write_outputs(
     """Write ``result`` as ``output`` (.png) and its sidecar (.json); return both paths.
 
     The folder is created when missing. Atomic: both files go to temporary names in the
-    folder first and are renamed into place; any failure removes the temporaries (and the
-    PNG, when the sidecar could not be put next to it).
+    folder first and are renamed into place together; any failure removes the temporaries
+    and keeps an earlier image and sidecar of the same name as they were.
     """
-    image_path = Path(output).expanduser().absolute()
+    image_path = placing.output_path(output)
     if image_path.suffix.lower() != ".png":
         raise ValueError(f"output {str(output)!r} must end in .png")
     sidecar = sidecar_path_for(image_path)
-    png_doc, sidecar_doc = build_metadata(result, versions=versions, timings=timings, output=output)
+    png_doc, sidecar_doc = build_metadata(
+        result, versions=versions, timings=timings, output=image_path
+    )
     array = image_to_uint8(result.image)
 
     folder = image_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
-    placed_image = False
-    try:
+    with _writing(image_path, sidecar) as temps:
         tmp_image = _temp_name(folder, image_path)
         temps.append(tmp_image)
         _save_png(array, tmp_image, _dumps(png_doc, None))
         tmp_sidecar = _temp_name(folder, sidecar)
         temps.append(tmp_sidecar)
         _save_text(_dumps(sidecar_doc, 2) + "\n", tmp_sidecar)
-        _replace(tmp_image, image_path)
-        placed_image = True
-        _replace(tmp_sidecar, sidecar)
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        if placed_image:  # never leave an image without its sidecar
-            image_path.unlink(missing_ok=True)
-        raise
+        _put_in_place(image_path, sidecar, [(tmp_image, image_path), (tmp_sidecar, sidecar)])
     return OutputPaths(image=image_path, sidecar=sidecar)
 
 
@@ -253,10 +278,10 @@ def write_outputs(
 # --------------------------------------------------------------------------------------
 
 
-def _temp_dir(folder: Path, final: Path, tag: str = "tmp") -> Path:
+def _temp_dir(folder: Path, final: Path) -> Path:
     """Create a new, empty folder next to ``final`` with a hidden temporary name."""
     for _ in range(100):
-        path = folder / f".{final.name}.{secrets.token_hex(4)}.{tag}"
+        path = placing.temp_path(folder, final)
         try:
             path.mkdir()
         except FileExistsError:
@@ -404,7 +429,9 @@ def write_video_outputs(
     frames_dir, mp4_path, sidecar = video_paths_for(output)
     folder = frames_dir.parent
     first_frame = frames_dir / FRAME_NAME.format(1)
-    png_doc, sidecar_doc = build_metadata(result, versions=versions, timings=timings, output=output)
+    png_doc, sidecar_doc = build_metadata(
+        result, versions=versions, timings=timings, output=placing.output_path(output)
+    )
     png_doc["video"] = {"frames": n_frames, "fps": fps}
     exe = ffmpeg_exe() if mp4 else None
     if mp4 and exe is None:
@@ -424,68 +451,41 @@ def write_video_outputs(
         "mp4": mp4_path.name if exe is not None else None,
     }
 
-    folder.mkdir(parents=True, exist_ok=True)
     if frames_dir.exists() and not frames_dir.is_dir():
-        raise FileExistsError(f"{frames_dir} exists and is not a folder")
-    tmp_dir: Path | None = None
-    tmp_mp4: Path | None = None
-    tmp_sidecar: Path | None = None
-    encoder: _Mp4Encoder | None = None
-    old_dir: Path | None = None
-    placed_dir = placed_mp4 = False
-    try:
+        raise OutputError(f"output: {str(frames_dir)!r} exists and is not a folder; move it")
+    image_path = mp4_path.with_suffix(".png")  # only for the checks (its folder, its stem)
+    with _writing(image_path, sidecar) as temps:
         tmp_dir = _temp_dir(folder, frames_dir)
+        temps.append(tmp_dir)
+        encoder: _Mp4Encoder | None = None
+        tmp_mp4: Path | None = None
         if exe is not None:
             tmp_mp4 = _temp_name(folder, mp4_path)
+            temps.append(tmp_mp4)
             encoder = _Mp4Encoder(exe, tmp_mp4, width, height, fps)
-        for i in range(n_frames):
-            if should_cancel is not None and should_cancel():
-                raise CancelledError("cancelled while writing the frames")
-            array = image_to_uint8(frames[i])
-            text = _dumps({**png_doc, "video": {**png_doc["video"], "frame": i + 1}}, None)
-            _save_png(array, tmp_dir / FRAME_NAME.format(i + 1), text)
+        try:
+            for i in range(n_frames):
+                if should_cancel is not None and should_cancel():
+                    raise CancelledError("cancelled while writing the frames")
+                array = image_to_uint8(frames[i])
+                text = _dumps({**png_doc, "video": {**png_doc["video"], "frame": i + 1}}, None)
+                _save_png(array, tmp_dir / FRAME_NAME.format(i + 1), text)
+                if encoder is not None:
+                    encoder.send(array)
+                if on_frame is not None:
+                    on_frame(i + 1, n_frames)
             if encoder is not None:
-                encoder.send(array)
-            if on_frame is not None:
-                on_frame(i + 1, n_frames)
-        if encoder is not None:
-            enc, encoder = encoder, None
-            enc.close()
+                enc, encoder = encoder, None
+                enc.close()
+        finally:
+            if encoder is not None:
+                encoder.abort()
         tmp_sidecar = _temp_name(folder, sidecar)
+        temps.append(tmp_sidecar)
         _save_text(_dumps(sidecar_doc, 2) + "\n", tmp_sidecar)
-        # Into place: the frames folder (an earlier one is moved aside first), the MP4, and
-        # the sidecar last.
-        if frames_dir.exists():
-            old_dir = _temp_dir(folder, frames_dir, "old")
-            old_dir.rmdir()
-            _replace(frames_dir, old_dir)
-        _replace(tmp_dir, frames_dir)
-        tmp_dir, placed_dir = None, True
-        if tmp_mp4 is not None:
-            _replace(tmp_mp4, mp4_path)
-            tmp_mp4, placed_mp4 = None, True
-        else:
-            mp4_path.unlink(missing_ok=True)  # never a stale preview of another sequence
-        _replace(tmp_sidecar, sidecar)
-        tmp_sidecar = None
-    except BaseException:
-        if encoder is not None:
-            encoder.abort()
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        for tmp in (tmp_mp4, tmp_sidecar):
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        if placed_mp4:
-            mp4_path.unlink(missing_ok=True)
-        if placed_dir:
-            shutil.rmtree(frames_dir, ignore_errors=True)
-        if old_dir is not None and old_dir.exists():
-            _replace(old_dir, frames_dir)  # the earlier sequence, back in place
-            old_dir = None
-        raise
-    if old_dir is not None:
-        shutil.rmtree(old_dir, ignore_errors=True)
+        # Without an MP4 the earlier one goes too: never a stale preview of another sequence.
+        moves = [(tmp_dir, frames_dir), (tmp_mp4, mp4_path), (tmp_sidecar, sidecar)]
+        _put_in_place(image_path, sidecar, moves)
     return VideoOutputPaths(
         frames_dir=frames_dir,
         first_frame=first_frame,

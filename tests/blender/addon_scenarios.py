@@ -19,6 +19,10 @@ generate   generations with a tiny model through the worker (SPHEREDIFF_PYTHON):
            afterwards no torch in sys.modules, no worker process, no temporary files.
 installer  Install Dependencies from a local wheel folder (engine only, --no-deps) into
            the extension's user folder, then Check Worker against that environment.
+files      saving the outputs (fake worker, a still and a sequence): the sidecar describes
+           the saved files, not the staging folder; with the staging folder on another
+           file system and a file-size limit that cuts Blender's copies short, nothing
+           half-written is left in the output folder and the World stays as it was.
 video      animated worlds: synthetic frame sequences from a fake worker
            (fake_video_worker.py) loaded as an image sequence, Cycles renders of several
            frames with and without loop, Match Scene, the Animated switch and its checks,
@@ -57,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--scenario",
         required=True,
-        choices=["register", "generate", "installer", "video", "arguments"],
+        choices=["register", "generate", "installer", "video", "arguments", "files"],
     )
     p.add_argument("--zip", required=True)
     p.add_argument("--out", required=True)
@@ -411,6 +415,7 @@ def scenario_generate(args, out: dict) -> None:
         "colorspace": img.colorspace_settings.name,
         "packed": img.packed_file is not None,
         "sidecar_exists": Path(bpy.path.abspath(img.filepath)).with_suffix(".json").is_file(),
+        "sidecar": saved_result(work, img.filepath)["sidecar_text"],
         "projection": env.projection,
         "custom": {k: img[k] for k in img.keys() if k.startswith("spherediff")},  # noqa: SIM118
     }
@@ -924,6 +929,86 @@ def scenario_arguments(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+def saved_result(work: Path, first_frame_or_image: str) -> dict:
+    """What a generation saved under //spherediff/: its files and its sidecar."""
+    path = Path(bpy.path.abspath(first_frame_or_image))
+    stem_file = path.parent if path.parent.name.endswith("_frames") else path
+    stem = stem_file.name.removesuffix("_frames") if stem_file.is_dir() else stem_file.stem
+    sidecar = stem_file.parent / f"{stem}.json"
+    return {
+        "path": str(path),
+        "stem": stem,
+        "folder": str(stem_file.parent),
+        "sidecar_text": sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None,
+        "files": output_files(work),
+    }
+
+
+def other_file_system_folder(work: Path) -> Path | None:
+    """A folder on another file system than ``work`` (/dev/shm on Linux), or None."""
+    for candidate in ("/dev/shm", "/run/shm"):
+        if os.path.isdir(candidate) and os.stat(candidate).st_dev != os.stat(work).st_dev:
+            return Path(tempfile.mkdtemp(prefix="sd-files-", dir=candidate))
+    return None
+
+
+def scenario_files(args, out: dict) -> None:
+    import shutil
+
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    world_mod = sys.modules[SUB + ".world"]
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    os.environ["SPHEREDIFF_PYTHON"] = make_fake_python(work, os.environ["SPHEREDIFF_PYTHON"])
+    s = scene.spherediff
+    s.prompt = "a quiet harbour at night"
+    s.size = "CUSTOM"
+    s.width = 64
+    video = {"video": True, "model_preset": "WAN", "frames": 5, "fps": 12}
+
+    # 1. Saved files and their sidecars (the still, then a sequence).
+    out["still"] = call_generate(seed=21)
+    out["still_saved"] = saved_result(work, s.last_image)
+    out["video"] = call_generate(seed=22, **video)
+    out["video_saved"] = saved_result(work, s.last_image)
+    out["staging_dir"] = tempfile.gettempdir()
+
+    # 2. A full disk while saving across file systems: the staging folder elsewhere, and a
+    # file-size limit on Blender (not on the worker) below the still's PNG and the MP4.
+    other = other_file_system_folder(work)
+    out["cross_fs"] = other is not None
+    try:
+        import resource
+    except ImportError:
+        resource = None
+    if other is not None and resource is not None:
+        saved_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(other)
+        limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+        cases = {}
+        try:
+            for name, kwargs in (("still", {"seed": 23}), ("video", {"seed": 24, **video})):
+                before = {"state": scene_state(scene, world_mod, work), "files": output_files(work)}
+                resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+                try:
+                    res = call_generate(**kwargs)
+                finally:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+                res["files_before"] = before["files"]
+                res["files_after"] = output_files(work)
+                res["unchanged"] = scene_state(scene, world_mod, work) == before["state"]
+                res["staging"] = sorted(p.name for p in other.iterdir())
+                cases[name] = res
+        finally:
+            tempfile.tempdir = saved_tempdir
+            shutil.rmtree(other, ignore_errors=True)
+        out["disk_full"] = cases
+    out["end"] = {"staging": staging_leftovers(), "children": child_processes()}
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
 def scenario_installer(args, out: dict) -> None:
     out["install"] = install_and_enable(args.zip)
     sub = sys.modules[SUB]
@@ -969,6 +1054,7 @@ def main() -> int:
             "installer": scenario_installer,
             "video": scenario_video,
             "arguments": scenario_arguments,
+            "files": scenario_files,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

@@ -1,4 +1,5 @@
-"""A stand-in for the engine's worker that "generates" a synthetic 360° video at once.
+"""A stand-in for the engine's worker that "generates" a synthetic 360° video at once
+(or, for a job without ``video``, a still: a noisy PNG of a few KB).
 
     <python> fake_video_worker.py [-m spherediff_core.worker]   (job on standard input)
 
@@ -7,6 +8,11 @@ video ``result`` or an ``error``, and writes the engine's video layout for the j
 ``output`` (``<stem>_frames/frame_0001.png``..., ``<stem>.mp4``, ``<stem>.json``). Every
 frame is one solid colour, :func:`frame_colour` (distinct frame to frame), so renders in
 Blender show which frame the World played. No torch, no numpy: only the standard library.
+
+The sidecar is laid out as the engine's (``format``, ``options`` with ``output``, ``image``,
+``video``), so the add-on's rewriting of it can be checked. The fake worker lifts its own
+soft file-size limit (a scenario lowers Blender's to make its copies fail, not these
+writes).
 
 ``FAKE_VIDEO_WORKER_MODE`` (environment) picks the run:
 
@@ -66,7 +72,59 @@ def emit(event: str, **fields) -> None:
     sys.stdout.flush()
 
 
+def noise_png(width: int, height: int, seed: int) -> bytes:
+    """A PNG of pseudo-random pixels (it does not compress: ~3 bytes a pixel)."""
+    state = seed * 2654435761 + 1
+    data = bytearray()
+    for _ in range(height):
+        data.append(0)
+        for _ in range(width * 3):
+            state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+            data.append(state >> 16 & 0xFF)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(data)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def sidecar_doc(options: dict, image: str, video: dict | None = None) -> dict:
+    """The engine's sidecar layout (outputs.build_metadata), for the job's own paths."""
+    doc = {"format": "spherediff", "metadata_version": 1, "seed": int(options["seed"])}
+    doc.update(options=dict(options), image=image, fake=True)
+    if video is not None:
+        doc["video"] = video
+    return doc
+
+
+def lift_file_size_limit() -> None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+
+def write_still(options: dict, output: Path) -> int:
+    seed = int(options["seed"])
+    output.write_bytes(noise_png(64, 32, seed))
+    sidecar = output.with_suffix(".json")
+    sidecar.write_text(json.dumps(sidecar_doc(options, output.name), indent=2))
+    emit("progress", phase="write", step=1, total=1, eta_s=None, message="written")
+    emit("result", image=str(output), sidecar=str(sidecar), width=64, height=32, seconds=0.1,
+         seed=seed)  # fmt: skip
+    return 0
+
+
 def main() -> int:
+    lift_file_size_limit()
     job = json.loads(sys.stdin.readline())
     options = job["options"]
     mode = os.environ.get("FAKE_VIDEO_WORKER_MODE", "ok")
@@ -80,6 +138,8 @@ def main() -> int:
     fps = options.get("fps") or (16 if "wan" in options["model"].lower() else 24)
     seed = int(options["seed"])
     emit("progress", phase="load", step=1, total=1, eta_s=None, message="loaded")
+    if not options.get("video"):
+        return write_still(options, output)
     frames_dir.mkdir(parents=True)
 
     def write_frame(i: int) -> Path:
@@ -113,8 +173,18 @@ def main() -> int:
     for step in range(1, 3):
         emit("progress", phase="denoise", step=step, total=2, eta_s=None, message="")
     paths = [write_frame(i) for i in range(count)]
-    mp4.write_bytes(b"not really an MP4")
-    sidecar.write_text(json.dumps({"fake": True, "frames": count, "fps": fps, "seed": seed}))
+    mp4.write_bytes(b"not really an MP4\n" * 1000)  # 18 KB
+    first = f"{frames_dir.name}/{paths[0].name}"
+    video = {
+        "frames": count,
+        "fps": fps,
+        "frames_folder": frames_dir.name,
+        "first_frame": first,
+        "frame_pattern": "frame_%04d.png",
+        "first_frame_number": 1,
+        "mp4": mp4.name,
+    }
+    sidecar.write_text(json.dumps(sidecar_doc(options, first, video), indent=2))
     emit("progress", phase="write", step=1, total=1, eta_s=None, message="written")
     emit(
         "result",

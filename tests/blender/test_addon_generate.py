@@ -19,6 +19,7 @@ check what it recorded:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -94,6 +95,10 @@ def test_first_generation_builds_the_world(scenario):
     assert img["filepath"].endswith("_seed7.png")
     assert Path(img["abspath"]).parent == Path(s["_work"]) / "spherediff"
     assert Path(img["abspath"]).is_file() and img["sidecar_exists"]
+    # The engine's sidecar describes the saved PNG, not the staging folder (issue 8, 2).
+    sidecar = json.loads(img["sidecar"])
+    assert sidecar["options"]["output"] == str(Path(img["abspath"]))
+    assert sidecar["image"] == Path(img["abspath"]).name and sidecar["format"] == "spherediff"
     assert img["size"] == [256, 128]
     assert img["colorspace"] == "sRGB" and not img["packed"]
     assert img["custom"]["spherediff_seed"] == 7

@@ -123,6 +123,32 @@ def test_bad_output_and_missing_model_exit_2(engine_env, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_outputs_over_a_model_or_a_foreign_json_are_refused_before_loading(
+    engine_env, tiny_sd15, tmp_path
+):
+    """Issue 8, B: writing model_index.png into a model folder destroyed model_index.json."""
+    import shutil
+    import time
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd15, model)
+    index = (model / "model_index.json").read_bytes()
+    t0 = time.monotonic()
+    proc = run_cli(generate_args(model, model / "model_index.png"), engine_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "holds a diffusers model" in proc.stderr and "loading" not in proc.stderr
+    assert (model / "model_index.json").read_bytes() == index
+    notes = tmp_path / "out" / "notes.json"
+    notes.parent.mkdir()
+    notes.write_text('{"my": "notes"}', encoding="utf-8")
+    proc = run_cli(generate_args(model, notes.with_suffix(".png")), engine_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "notes.json" in proc.stderr and "not written by SphereDiff" in proc.stderr
+    assert notes.read_text(encoding="utf-8") == '{"my": "notes"}'
+    assert os.listdir(notes.parent) == ["notes.json"]
+    print(f"two refusals in {time.monotonic() - t0:.1f} s")
+
+
 def test_unknown_family_exits_3(engine_env, tmp_path):
     model = tmp_path / "model"
     model.mkdir()

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -24,7 +25,7 @@ from PIL import Image
 from spherediff_core import outputs
 from spherediff_core.adapters import LTXVideoAdapter, SanaAdapter, WanAdapter
 from spherediff_core.denoise import DenoiserInput
-from spherediff_core.errors import EXIT_CANCELLED, CancelledError
+from spherediff_core.errors import EXIT_CANCELLED, CancelledError, OutputError
 from spherediff_core.options import GenerationOptions, OptionsError
 from spherediff_core.pipeline import GenerationResult, SphereDiffPipeline, check_video_request
 
@@ -487,6 +488,141 @@ def test_a_cancel_or_failure_while_writing_leaves_the_earlier_sequence(tmp_path,
     assert sorted(os.listdir(out)) == ["clip.json", "clip_frames"]  # the stale MP4 is gone
     assert len(os.listdir(out / "clip_frames")) == 6
     assert json.loads((out / "clip.json").read_text(encoding="utf-8"))["video"]["mp4"] is None
+
+
+def test_a_sidecar_name_that_is_a_folder_keeps_the_earlier_video(tmp_path):
+    out = tmp_path / "out"
+    outputs.write_video_outputs(fake_video_result(tmp_path, n=3, seed=0), out / "clip.png")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+    (out / "clip.json").unlink()
+    (out / "clip.json").mkdir()
+    with pytest.raises(OutputError, match=r"clip\.json.*is a folder"):
+        outputs.write_video_outputs(fake_video_result(tmp_path, n=4, seed=1), out / "clip.mp4")
+    assert {p: p.read_bytes() for p in before} == before  # the MP4 and the frames
+    assert sorted(os.listdir(out)) == ["clip.json", "clip.mp4", "clip_frames"]
+
+
+def test_a_failed_sidecar_rename_keeps_the_earlier_video(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    outputs.write_video_outputs(fake_video_result(tmp_path, n=3, seed=0), out / "clip.png")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("clip.json") and ".tmp" in str(src):
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    with pytest.raises(OutputError, match="No space left on device"):
+        outputs.write_video_outputs(fake_video_result(tmp_path, n=4, seed=1), out / "clip.png")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(os.listdir(out)) == ["clip.json", "clip.mp4", "clip_frames"]
+
+
+def test_an_unnormalised_video_path_leaves_no_stray_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "ffmpeg_exe", lambda: None)  # no MP4: quicker
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = outputs.write_video_outputs(fake_video_result(tmp_path, n=2), f"{out}/sub/../../c.mp4")
+    assert paths.frames_dir == tmp_path / "c_frames"
+    assert sorted(os.listdir(tmp_path)) == ["c.json", "c_frames", "out"]
+    assert os.listdir(out) == []  # no sub/
+
+
+# A writer of a long video, killed (or held) in the middle of its frames.
+SLOW_WRITER = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from pathlib import Path
+from spherediff_core import outputs
+from tests.core.test_video import fake_video_result
+out = Path(sys.argv[3])
+
+def on_frame(i, n):
+    if i == 3:
+        print("writing", flush=True)
+        sys.stdin.readline()  # held here until the test says go (or kills it)
+
+outputs.write_video_outputs(fake_video_result(out.parent, n=6), out, on_frame=on_frame)
+print("written", flush=True)
+"""
+
+
+def start_slow_writer(out):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(repo / "core"), str(repo), str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def hidden(folder) -> list[str]:
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
+def wait_until_unchanged(folder, seconds: float = 1.0, limit: float = 20.0) -> None:
+    """Until nothing in ``folder`` changes for ``seconds`` (a killed writer's ffmpeg
+    finishes its file after its parent is gone)."""
+    import time
+
+    def state():
+        return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
+
+    end = time.monotonic() + limit
+    last = state()
+    while time.monotonic() < end:
+        time.sleep(seconds)
+        now = state()
+        if now == last:
+            return
+        last = now
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_run(tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = start_slow_writer(out / "clip.png")
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(10)
+    wait_until_unchanged(out)
+    left = hidden(out)
+    assert any(n.startswith(".clip_frames.") and n.endswith(".tmp") for n in left), left
+    assert any(n.startswith(".clip.mp4.") and n.endswith(".tmp") for n in left), left
+    assert all(f".{killed.pid}-" in n for n in left), left  # named by the writer's pid
+
+    # A live writer's temporaries are left alone by another run in the same folder ...
+    live = start_slow_writer(out / "live.png")
+    outputs.write_video_outputs(fake_video_result(tmp_path, n=2), out / "other.png")
+    live_left = hidden(out)
+    assert any(n.startswith(".live_frames.") for n in live_left), live_left
+    # ... while the dead writer's are gone.
+    assert not any(n.startswith((".clip_frames.", ".clip.mp4.")) for n in live_left)
+    live.stdin.write("go\n")
+    live.stdin.flush()
+    assert live.stdout.readline().strip() == "written"
+    assert live.wait(30) == 0
+    assert hidden(out) == []
+    assert sorted(os.listdir(out)) == [
+        "live.json",
+        "live.mp4",
+        "live_frames",
+        "other.json",
+        "other.mp4",
+        "other_frames",
+    ]
+    assert len(os.listdir(out / "live_frames")) == 6
 
 
 # --- the command and the worker -------------------------------------------------------------
