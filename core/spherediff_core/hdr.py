@@ -1,0 +1,736 @@
+"""Lift an LDR equirectangular panorama to scene-referred linear HDR, with its sun.
+
+Pure NumPy (no torch, no bpy), vectorised; the ERP convention is
+:mod:`spherediff_core.geometry`'s (Blender's Environment Texture: ``u = 0.5 - lon / 2 pi``,
+``v = 0.5 + lat / pi``, centre facing +X, Z up), restated here in NumPy.
+
+The model
+=========
+1. **Undo the display encoding.** 8- and 16-bit inputs go through a lookup table of the
+   sRGB transfer function (IEC 61966-2-1); float inputs (a generation's decoded ERP,
+   display values in [0, 1]) through the same formula. Nothing else touches an unclipped
+   pixel: ``image = exposure * srgb_to_linear(input)`` there, so re-exposed and re-encoded
+   the EXR gives the input back (up to half-float rounding, > 60 dB).
+2. **Find the clipped pixels** (any channel at the top code, >= 254/255) and, on a
+   512-pixel-wide analysis copy, their blobs (4-connected, wrapping at the seam) and each
+   pixel's angular depth inside its blob (distance to the nearest unclipped pixel).
+3. **Detect the sun.** Candidates are the deepest clipped blobs with their centre above
+   -3 deg elevation. A sun is a *soft* blob: sky radiance falls smoothly from the sun's
+   aureole, so the unclipped ring just outside the blob is nearly as bright as the clip
+   level, where lamps, windows and sunlit walls have hard edges (dark rings); and it is
+   compact (angular radius <= 35 deg: an overcast sky clipped all over is not a sun). Its
+   direction is the normal of the plane best fitting the blob's soft boundary (an iso-
+   radiance circle of the aureole on the sphere; the part cut by the horizon or an object
+   is left out). Nothing else is called a sun: overcast skies, interiors and night scenes
+   get ``visible = False``.
+4. **Reconstruct clipped highlights smoothly.** Inside the sun's blob the aureole is
+   extrapolated as a power law of the angle to the sun, ``L = clip * ((g + d) / g) ** p``
+   (``g`` angle to the sun, ``d`` depth in the blob, so ``L = clip`` on the boundary),
+   with ``p`` fitted to the unclipped sky just outside the blob. Other soft clipped areas
+   (bright sky, clouds) get a gentle dome, ``1 + 0.5 (1 - exp(-d / 4 deg))``. Hard-edged
+   clipped blobs in a panorama without a sun are light sources: their radiance is raised
+   until their mean irradiance balances what the surroundings reflect (closed-world energy
+   balance with an average albedo of 0.4), at most 64x the clip level. The gain is computed
+   on the analysis copy, blurred, and applied only to clipped pixels of the full image.
+5. **Give the sun its energy** from the clear-sky sun/sky ratio of Blender's own physical
+   sky (MULTIPLE_SCATTERING, the Nishita model's successor): ``E_sun = R(elevation) *
+   E_sky``, where ``E_sky`` is the horizontal irradiance of the lifted sky (upper
+   hemisphere, sun excluded) and ``R`` the ratio of the sun disc's normal irradiance to the
+   sky's horizontal diffuse irradiance, tabulated by elevation (``SKY_RATIO_TABLE``,
+   measured by ``tests/blender/render_hdr_ground_truth.py --calibrate`` in Blender 5.0 on
+   sky-only renders, not on the scenes it is evaluated on). The sun's colour is the same
+   table's disc colour at that elevation. The disc is painted into the image (energy
+   conserving, anti-aliased) with the estimated angular size, widened only as much as
+   half-float's largest value (65504) needs, so the EXR alone carries the whole radiance.
+
+Absolute scale
+==============
+The input panorama was exposed by its generator for display; its mid-grey is whatever the
+generator made it (a log-average of about 0.18 for auto-exposed images). The lift keeps
+that exposure: ``exposure = 1.0`` means an unclipped pixel's EXR value is exactly its
+sRGB-decoded display value, so with World strength 1.0 Blender's default view transform
+(AgX or Filmic, exposure 0) shows the world as the panorama looked, and every value is in
+Blender's radiometric units (W/m^2/sr; a Sun lamp's strength is its irradiance in W/m^2,
+and a white diffuse surface under a uniform World of value 1 renders as 1). An LDR image
+carries no absolute luminance; if the panorama was a photograph exposed by the sunny-16
+rule (EV100 = 15, mid-grey 0.18), 1.0 stands for about 22,800 cd/m^2 (=
+12.5 * 2**15 / 100 / 0.18); World strength 1.0 then means that.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+
+__all__ = [
+    "HALF_MAX",
+    "SKY_RATIO_TABLE",
+    "HDRResult",
+    "SunEstimate",
+    "diffuse_irradiance",
+    "erp_directions",
+    "erp_solid_angles",
+    "lift_to_hdr",
+    "linear_to_srgb",
+    "srgb_to_linear",
+]
+
+HALF_MAX = 65504.0
+ANALYSIS_WIDTH = 512
+SUN_ANGLE_DEG = 0.545  # the Sun's mean angular diameter seen from the Earth
+SUN_MIN_RING = 0.5  # upper-quartile radiance just outside a sun's blob, over the clip level
+SUN_STRONG_DIPOLE = 0.08
+SUN_MAX_DIPOLE_DEG = 90.0  # angle between a sun's blob and the sky's bright side
+SUN_MIN_DIPOLE = 0.02  # horizontal length of the sky's radiance-weighted mean direction
+SUN_MIN_AUREOLE = 1.25  # sky radiance 1-4 deg out over 10-20 deg out, around a sun
+_LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec.709 luminance
+
+# Blender 5.0 MULTIPLE_SCATTERING sky, sun size 0.545 deg, default atmosphere (see the
+# module docstring, step 5): elevation (deg) -> (R = sun normal irradiance / sky horizontal
+# irradiance (luminance), sun colour (max channel 1)).
+SKY_RATIO_TABLE: tuple[tuple[float, float, tuple[float, float, float]], ...] = (
+    (1.0, 1.0, (1.0, 0.6, 0.3)),
+    (90.0, 10.0, (1.0, 0.95, 0.9)),
+)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class SunEstimate:
+    """The sun found in a panorama (``visible`` False: there is none; the rest is None).
+
+    ``direction`` is the unit vector towards the sun in the world frame (Z up);
+    ``azimuth_deg`` its longitude (0 towards +X, 90 towards +Y), ``elevation_deg`` its
+    latitude; ``angle_deg`` the angular diameter of the disc painted into the image (use it
+    as a Sun lamp's angle); ``color`` linear Rec.709 with its largest channel 1; ``strength``
+    the irradiance in W/m^2 of a Blender Sun lamp with that colour (the lamp's channels give
+    ``strength * color``), in the HDR image's units.
+    """
+
+    visible: bool
+    direction: tuple[float, float, float] | None = None
+    azimuth_deg: float | None = None
+    elevation_deg: float | None = None
+    angle_deg: float | None = None
+    color: tuple[float, float, float] | None = None
+    strength: float = 0.0
+    score: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        def rounded(v: Any, nd: int = 6) -> Any:
+            if v is None:
+                return None
+            if isinstance(v, tuple):
+                return [round(float(c), nd) for c in v]
+            return round(float(v), nd)
+
+        return {
+            "visible": bool(self.visible),
+            "direction": rounded(self.direction),
+            "azimuth_deg": rounded(self.azimuth_deg, 3),
+            "elevation_deg": rounded(self.elevation_deg, 3),
+            "angle_deg": rounded(self.angle_deg, 4),
+            "color": rounded(self.color),
+            "strength": rounded(self.strength, 4),
+        }
+
+
+@dataclass(frozen=True)
+class HDRResult:
+    """A lifted panorama: ``image`` (H, W, 3) float32 linear Rec.709, sun included."""
+
+    image: np.ndarray
+    exposure: float
+    sun: SunEstimate
+    method: str
+    clipped_fraction: float
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def hdr_block(self, exr_name: str) -> dict[str, Any]:
+        """The sidecar's ``hdr`` block (issue 10): path, exposure, method and sun."""
+        return {
+            "exr": exr_name,
+            "exposure": float(self.exposure),
+            "method": self.method,
+            "sun": self.sun.to_dict(),
+        }
+
+
+# --------------------------------------------------------------------------- encoding
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """sRGB display values in [0, 1] -> linear (IEC 61966-2-1), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """Linear values -> sRGB display values (not clipped above 1), float32."""
+    x = np.maximum(np.asarray(x, dtype=np.float32), 0.0)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055).astype(
+        np.float32
+    )
+
+
+_LUTS: dict[int, np.ndarray] = {}
+
+
+def _lut(bits: int) -> np.ndarray:
+    if bits not in _LUTS:
+        top = (1 << bits) - 1
+        _LUTS[bits] = srgb_to_linear(np.arange(top + 1, dtype=np.float64) / top)
+    return _LUTS[bits]
+
+
+def _check_input(image: Any) -> np.ndarray:
+    """A (H, W, 3) array (or a generation's (3, H, W) float image), refused by name else."""
+    if hasattr(image, "detach"):  # a torch tensor, without importing torch
+        image = image.detach().to("cpu").numpy()
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
+        raise BadInputError(
+            f"the panorama is grayscale (shape {tuple(arr.shape)}): the lift needs RGB; "
+            "convert it to RGB first"
+        )
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise BadInputError(
+            f"the panorama has shape {tuple(arr.shape)}: expected (height, width, 3) RGB"
+        )
+    if arr.shape[-1] == 4:
+        raise BadInputError(
+            "the panorama has an alpha channel (RGBA): an environment has no transparency; "
+            "save it as RGB without alpha"
+        )
+    h, w = arr.shape[:2]
+    if h < 16 or w != 2 * h:
+        raise BadInputError(
+            f"the panorama is {w}x{h}: an equirectangular panorama is exactly twice as wide "
+            f"as it is high (e.g. {2 * h}x{h}) and at least 32x16"
+        )
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise BadInputError("the panorama has NaN or infinite values")
+        top = float(arr.max())
+        if top > 1.0 + 1e-3:
+            raise BadInputError(
+                f"the panorama is already HDR (values up to {top:.3g} > 1): the lift takes "
+                "display-referred LDR values in [0, 1]; use the HDR image as it is"
+            )
+        return arr
+    raise BadInputError(f"unsupported pixel type {arr.dtype}: use uint8, uint16 or float")
+
+
+def _decode(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-> (linear float32 (H, W, 3), clipped bool (H, W)): any channel at the top code."""
+    if arr.dtype == np.uint8:
+        return _lut(8)[arr], arr.max(axis=-1) >= 254
+    if arr.dtype == np.uint16:
+        return _lut(16)[arr], arr.max(axis=-1) >= 65535 - 257
+    disp = np.clip(arr, 0.0, 1.0)
+    return srgb_to_linear(disp), disp.max(axis=-1) >= 254.0 / 255.0
+
+
+# --------------------------------------------------------------------------- sphere
+def erp_directions(height: int, width: int) -> np.ndarray:
+    """Unit directions through ERP pixel centres, (H, W, 3) float64 (geometry's convention)."""
+    lon = (0.5 - (np.arange(width) + 0.5) / width) * 2.0 * np.pi
+    lat = (0.5 - (np.arange(height) + 0.5) / height) * np.pi
+    cl = np.cos(lat)[:, None]
+    return np.stack(
+        np.broadcast_arrays(cl * np.cos(lon)[None], cl * np.sin(lon)[None], np.sin(lat)[:, None]),
+        axis=-1,
+    )
+
+
+def erp_solid_angles(height: int, width: int) -> np.ndarray:
+    """Exact solid angle of each ERP row's pixels, (H,) float64; they sum to 4 pi / W."""
+    edges = np.pi / 2.0 - np.arange(height + 1) * np.pi / height
+    return (np.sin(edges[:-1]) - np.sin(edges[1:])) * (2.0 * np.pi / width)
+
+
+def _lonlat_to_dir(lon: float, lat: float) -> np.ndarray:
+    return np.array([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])
+
+
+def _dir_to_uv_pixel(d: np.ndarray, height: int, width: int) -> tuple[float, float]:
+    lon, lat = math.atan2(d[1], d[0]), math.asin(max(-1.0, min(1.0, d[2])))
+    col = ((0.5 - lon / (2 * math.pi)) % 1.0) * width - 0.5
+    row = (0.5 - lat / math.pi) * height - 0.5
+    return row, col
+
+
+def diffuse_irradiance(image: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Irradiance at unit ``normals`` (N, 3) from an ERP radiance image (H, W, C) -> (N, C).
+
+    ``E(n) = sum L(w) max(0, n . w) dOmega`` over the pixels (cosine-weighted, unoccluded).
+    """
+    h, w = image.shape[:2]
+    dirs = erp_directions(h, w).reshape(-1, 3).astype(np.float32)
+    weights = np.repeat(erp_solid_angles(h, w), w).astype(np.float32)
+    cos = np.maximum(np.asarray(normals, np.float32) @ dirs.T, 0.0) * weights[None]
+    return (cos @ image.reshape(h * w, -1).astype(np.float32)).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- analysis helpers
+def _block_mean(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-average (H, W, ...) down to (height, width, ...) (any integer or not factor)."""
+    h, w = x.shape[:2]
+    if (h, w) == (height, width):
+        return x.astype(np.float32)
+    r = (np.arange(height) * h) // height
+    c = (np.arange(width) * w) // width
+    rows = np.add.reduceat(x.astype(np.float32), r, axis=0)
+    both = np.add.reduceat(rows, c, axis=1)
+    nr = np.diff(np.append(r, h)).astype(np.float32)
+    nc = np.diff(np.append(c, w)).astype(np.float32)
+    scale = 1.0 / (nr[:, None] * nc[None, :])
+    return both * (scale if both.ndim == 2 else scale[..., None])
+
+
+def _shifts(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """4-neighbours of every pixel: wrap in longitude, replicate at the poles."""
+    up = np.concatenate([m[:1], m[:-1]], axis=0)
+    down = np.concatenate([m[1:], m[-1:]], axis=0)
+    return up, down, np.roll(m, 1, axis=1), np.roll(m, -1, axis=1)
+
+
+def _erode(m: np.ndarray) -> np.ndarray:
+    up, down, left, right = _shifts(m)
+    return m & up & down & left & right
+
+
+def _dilate(m: np.ndarray) -> np.ndarray:
+    up, down, left, right = _shifts(m)
+    return m | up | down | left | right
+
+
+def _depth(mask: np.ndarray, max_steps: int) -> np.ndarray:
+    """Erosion count: 0 outside, 1 on the blob's edge, growing inwards (pixels)."""
+    depth = np.zeros(mask.shape, np.float32)
+    cur = mask.copy()
+    for _ in range(max_steps):
+        if not cur.any():
+            break
+        depth += cur
+        cur = _erode(cur)
+    return depth
+
+
+def _flood(seed: tuple[int, int], mask: np.ndarray) -> np.ndarray:
+    """The 4-connected component of ``mask`` holding ``seed`` (wrapping at the seam)."""
+    blob = np.zeros_like(mask)
+    blob[seed] = True
+    # Grow a few steps per check: cheap, and a component of radius r needs ~r steps.
+    for _ in range(4 * sum(mask.shape)):
+        grown = blob
+        for _ in range(8):
+            grown = _dilate(grown) & mask
+        if grown.sum() == blob.sum():
+            return grown
+        blob = grown
+    return blob
+
+
+def _blur(x: np.ndarray, passes: int = 3) -> np.ndarray:
+    """Separable 3-tap box blur, repeated (close to a Gaussian), wrapping in longitude."""
+    for _ in range(passes):
+        x = (np.roll(x, 1, axis=1) + x + np.roll(x, -1, axis=1)) / 3.0
+        x = (np.concatenate([x[:1], x[:-1]]) + x + np.concatenate([x[1:], x[-1:]])) / 3.0
+    return x
+
+
+def _sample_bilinear(field_: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of (h, w) at fractional pixel coordinates; wraps in longitude."""
+    h, w = field_.shape
+    r = np.clip(rows, 0.0, h - 1.0)
+    r0 = np.floor(r).astype(np.int64)
+    r1 = np.minimum(r0 + 1, h - 1)
+    fr = (r - r0).astype(np.float32)
+    c0f = np.floor(cols)
+    fc = (cols - c0f).astype(np.float32)
+    c0 = c0f.astype(np.int64) % w
+    c1 = (c0 + 1) % w
+    top = field_[r0, c0] * (1 - fc) + field_[r0, c1] * fc
+    bot = field_[r1, c0] * (1 - fc) + field_[r1, c1] * fc
+    return top * (1 - fr) + bot * fr
+
+
+def _sky_ratio(elevation_deg: float) -> tuple[float, np.ndarray]:
+    e = np.array([row[0] for row in SKY_RATIO_TABLE])
+    r = np.array([row[1] for row in SKY_RATIO_TABLE])
+    c = np.array([row[2] for row in SKY_RATIO_TABLE])
+    x = float(np.clip(elevation_deg, e[0], e[-1]))
+    ratio = float(np.exp(np.interp(x, e, np.log(r))))
+    colour = np.array([np.interp(x, e, c[:, k]) for k in range(3)])
+    return ratio, colour / colour.max()
+
+
+# --------------------------------------------------------------------------- the sun
+@dataclass
+class _Blob:
+    mask: np.ndarray
+    area_sr: float
+    radius_deg: float
+    ring: float
+    centre: np.ndarray
+    soft_points: int
+    slope: float = 0.0
+    rms: float = float("inf")
+
+
+def _describe_blob(blob, lum, clip_lum, dirs, omega, px_deg) -> _Blob:
+    area = float((blob * omega[:, None]).sum())
+    radius = math.degrees(math.acos(max(-1.0, 1.0 - area / (2.0 * math.pi))))
+    # Ring about 1.5-4 deg outside the blob (skipping the anti-aliased edge pixels).
+    inner = blob.copy()
+    steps_in = max(1, round(1.5 / px_deg))
+    steps_out = max(steps_in + 1, round(4.0 / px_deg))
+    for _ in range(steps_in):
+        inner = _dilate(inner)
+    outer = inner.copy()
+    for _ in range(steps_out - steps_in):
+        outer = _dilate(outer)
+    ring = outer & ~inner
+    ring_lum = lum[ring]
+    # The upper quartile: a sun low on the horizon has ground under half its ring.
+    ring_level = float(np.percentile(ring_lum, 75)) / clip_lum if ring_lum.size else 0.0
+    # Soft boundary: blob pixels with an unclipped neighbour at least half the clip level.
+    up, down, left, right = _shifts(blob)
+    edge = blob & ~(up & down & left & right)
+    bright_out = (~blob) & (lum >= 0.5 * clip_lum)
+    u2, d2, l2, r2 = _shifts(bright_out)
+    soft = edge & (u2 | d2 | l2 | r2)
+    pts = dirs[soft]
+    centre = _fit_circle_centre(pts, dirs[blob], omega_w=None)
+    return _Blob(blob, area, radius, ring_level, centre, int(soft.sum()))
+
+
+def _fit_circle_centre(pts: np.ndarray, inside: np.ndarray, omega_w=None) -> np.ndarray:
+    """Centre of the small circle through boundary points on the sphere (plane fit)."""
+    mean_in = inside.mean(axis=0)
+    mean_in /= np.linalg.norm(mean_in)
+    if len(pts) < 12:
+        return mean_in
+    q = pts - pts.mean(axis=0)
+    evals, evecs = np.linalg.eigh(q.T @ q)
+    n = evecs[:, 0]
+    if n @ mean_in < 0:
+        n = -n
+    # A short arc fits a plane poorly: keep the blob's mean direction then.
+    if evals[1] < 4.0 * evals[0] or math.degrees(math.acos(min(1.0, n @ mean_in))) > 20.0:
+        return mean_in
+    return n / np.linalg.norm(n)
+
+
+AUREOLE_POWER = 1.2
+"""Slope of the clear sky's circumsolar radiance, L ~ angle**-p, 5-30 deg from the sun (the
+Blender sky's is 1.0-1.45 by elevation on the ground truth; the middle is used)."""
+
+
+def _run_halfwidths(blob: np.ndarray, row: int, col: int) -> tuple[int, int]:
+    """Clipped pixels left and right of (row, col) in the blob's run on that row."""
+    w = blob.shape[1]
+    line = np.roll(blob[row], w // 2 - col)  # the column sits at w // 2
+    c = w // 2
+    left_gap = np.nonzero(~line[:c][::-1])[0]
+    right_gap = np.nonzero(~line[c + 1 :])[0]
+    left = int(left_gap[0]) if left_gap.size else c
+    right = int(right_gap[0]) if right_gap.size else w - c - 1
+    return left, right
+
+
+def _locate_sun(lum, clipped, dirs, blob: np.ndarray, px_deg: float) -> np.ndarray:
+    """The sun's direction in its clipped blob.
+
+    A clear sky is symmetric about the sun's vertical: the azimuth is the median midpoint of
+    the blob's clipped runs over its upper 60 %. Along that vertical, the unclipped sky
+    above the blob falls as (elevation - sun elevation)**-AUREOLE_POWER; the sun's elevation
+    is the one that fits that profile best (least squares in log, grid of 0.1 deg). A blob
+    a few pixels wide is the disc itself: its centroid.
+    """
+    h, w = blob.shape
+    rows = np.nonzero(blob.any(axis=1))[0]
+    r_top, r_bot = int(rows.min()), int(rows.max())
+    inside = dirs[blob]
+    centroid = inside.mean(axis=0)
+    centroid /= np.linalg.norm(centroid)
+    if r_bot - r_top <= max(2, round(2.5 / px_deg)):
+        return centroid
+    cols_top = np.nonzero(blob[r_top])[0]
+    c0 = int(cols_top[len(cols_top) // 2])
+    mids = []
+    for r in range(r_top, r_top + max(1, int(0.6 * (r_bot - r_top))) + 1):
+        if blob[r, c0]:
+            left, right = _run_halfwidths(blob, r, c0)
+            mids.append(c0 + (right - left) / 2.0)
+    col = float(np.median(mids)) if mids else float(c0)
+    lon = (0.5 - (col + 0.5) / w) * 2.0 * math.pi
+    lat_rows = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
+    e_top = float(lat_rows[r_top])
+    cols = (int(round(col)) + np.arange(-2, 3)) % w
+    prof_rows = np.arange(max(0, r_top - int(25.0 / px_deg)), r_top)
+    prof = lum[np.ix_(prof_rows, cols)]
+    ok = ~clipped[np.ix_(prof_rows, cols)] & (prof > 1e-5)
+    if ok.sum() < 6:
+        return _lonlat_to_dir(lon, math.radians(e_top))
+    y = np.log(np.where(ok, prof, 1.0))
+    e = np.broadcast_to(lat_rows[prof_rows][:, None], y.shape)
+    cands = np.arange(-0.5, e_top - 0.2, 0.1)
+    if cands.size == 0:
+        return _lonlat_to_dir(lon, math.radians(e_top))
+    x = -AUREOLE_POWER * np.log(np.maximum(e[None] - cands[:, None, None], 1e-3))
+    r = np.where(ok[None], y[None] - x, 0.0)
+    n = ok.sum()
+    c = r.sum(axis=(1, 2)) / n
+    res = (np.where(ok[None], r - c[:, None, None], 0.0) ** 2).sum(axis=(1, 2))
+    e_sun = float(cands[int(np.argmin(res))])
+    return _lonlat_to_dir(lon, math.radians(e_sun))
+
+
+def _aureole_ratio(lum, clipped, dirs, blob: _Blob) -> float:
+    """Median unclipped sky radiance 1-4 deg beyond the blob over that 10-20 deg beyond."""
+    centre = dirs[blob.mask].mean(axis=0)
+    centre /= np.linalg.norm(centre)
+    ang = np.degrees(np.arccos(np.clip(dirs @ centre, -1.0, 1.0)))
+    sky = (~clipped) & (dirs[..., 2] > math.sin(math.radians(0.5)))
+    rad = blob.radius_deg
+    near = sky & (ang > rad + 1.0) & (ang < rad + 4.0)
+    far = sky & (ang > rad + 10.0) & (ang < rad + 20.0)
+    if near.sum() < 5 or far.sum() < 5:
+        return 0.0
+    return float(np.median(lum[near]) / max(float(np.median(lum[far])), 1e-6))
+
+
+def _azimuth_gap_deg(a: np.ndarray, b: np.ndarray) -> float:
+    d = math.atan2(a[1], a[0]) - math.atan2(b[1], b[0])
+    return abs(math.degrees((d + math.pi) % (2.0 * math.pi) - math.pi))
+
+
+def _find_sun(lum, clipped, dirs, omega, px_deg):
+    """-> (_Blob of the sun or None, candidate blobs, depth) on the analysis grid."""
+    cand = clipped & (dirs[..., 2] > 0.0)
+    depth = _depth(clipped, 64)
+    blobs = []
+    remaining = cand.copy()
+    for _ in range(6):
+        score = np.where(remaining, depth, 0.0)
+        if score.max() <= 0:
+            break
+        seed = np.unravel_index(int(np.argmax(score)), score.shape)
+        blob = _flood(seed, cand)
+        remaining &= ~blob
+        blobs.append(_describe_blob(blob, lum, 1.0, dirs, omega, px_deg))
+    # The aureole makes a clear sky brighter on the sun's side: the radiance-weighted mean
+    # direction of the sky (above 3 deg) points to the sun's azimuth; its strength tells a
+    # clear sky from an overcast one, a room or a night sky.
+    sky = dirs[..., 2] > math.sin(math.radians(3.0))
+    wsky = np.where(sky, lum * omega[:, None], 0.0)
+    total = float(wsky.sum())
+    dipole = (wsky[..., None] * dirs).sum(axis=(0, 1)) / max(total, 1e-12)
+    dipole_h = float(np.hypot(dipole[0], dipole[1]))
+    if dipole_h < SUN_MIN_DIPOLE:
+        return None, blobs, depth
+    best = None
+    for b in blobs:
+        b.slope = _aureole_ratio(lum, clipped, dirs, b)
+        centre = dirs[b.mask].mean(axis=0)
+        b.rms = _azimuth_gap_deg(centre, dipole)
+        tiny = b.radius_deg < 1.5  # the bare disc: no clipped aureole to judge its edge by
+        if b.radius_deg > 40.0 or b.slope < SUN_MIN_AUREOLE:
+            continue
+        if not tiny and b.ring < SUN_MIN_RING:
+            continue
+        # A clearly lopsided sky vetoes blobs on its dark side (sunlit walls face away
+        # from the sun); otherwise the widest blob is the sun's (its aureole is clipped).
+        if dipole_h >= SUN_STRONG_DIPOLE and b.rms > SUN_MAX_DIPOLE_DEG:
+            continue
+        if best is None or b.radius_deg > best.radius_deg:
+            best = b
+    if best is not None:
+        best.centre = _locate_sun(lum, clipped, dirs, best.mask, px_deg)
+    return best, blobs, depth
+
+
+def _fit_aureole_power(lum, blob: _Blob, sun_dir, dirs, clip_lum, px_deg) -> float:
+    """Exponent p of L ~ angle^-p, fitted on the unclipped sky 1-3 blob radii from the sun."""
+    gamma = np.degrees(np.arccos(np.clip(dirs @ sun_dir, -1.0, 1.0)))
+    r = max(blob.radius_deg, 2.0 * px_deg)
+    sel = (~blob.mask) & (gamma > r) & (gamma < 3.0 * r + 6.0) & (dirs[..., 2] > 0.02)
+    sel &= lum > 0.05 * clip_lum
+    if sel.sum() < 20:
+        return 1.5
+    x = np.log(gamma[sel])
+    y = np.log(lum[sel])
+    slope = np.polyfit(x, y, 1)[0]
+    return float(np.clip(-slope, 0.5, 2.5))
+
+
+# --------------------------------------------------------------------------- the lift
+def lift_to_hdr(image: Any, *, exposure: float = 1.0) -> HDRResult:
+    """Lift an LDR ERP panorama to scene-referred linear Rec.709 HDR (module docstring).
+
+    ``image``: (H, W, 3) uint8 / uint16 sRGB codes or float display values in [0, 1]
+    (a generation's (3, H, W) float image is accepted too); W must be 2 H. Returns an
+    :class:`HDRResult`; bad input raises :class:`~spherediff_core.errors.BadInputError`.
+    """
+    t0 = time.perf_counter()
+    if not (exposure > 0 and math.isfinite(exposure)):
+        raise BadInputError(f"exposure must be a positive number, got {exposure!r}")
+    # 1. Undo the display encoding.
+    arr = _check_input(image)
+    lin, clipped_full = _decode(arr)
+    h, w = lin.shape[:2]
+    clipped_fraction = float(clipped_full.mean())
+
+    # 2. The analysis copy.
+    wa = min(w, ANALYSIS_WIDTH)
+    ha = wa // 2
+    px_deg = 180.0 / ha
+    lin_a = _block_mean(lin, ha, wa)
+    clip_a = _block_mean(clipped_full.astype(np.float32), ha, wa) > 0.5
+    lum_a = lin_a @ _LUMA
+    dirs_a = erp_directions(ha, wa)
+    omega_a = erp_solid_angles(ha, wa)
+
+    # 3. The sun.
+    sun_blob, blobs, depth_a = (None, [], np.zeros((ha, wa), np.float32))
+    if clip_a.any():
+        sun_blob, blobs, depth_a = _find_sun(lum_a, clip_a, dirs_a, omega_a, px_deg)
+
+    # 4. Smooth gain for clipped pixels, on the analysis grid.
+    depth_deg = _blur(depth_a * px_deg)
+    gain_a = np.ones((ha, wa), np.float32)
+    if clip_a.any():
+        soft_dome = 1.0 + 0.5 * (1.0 - np.exp(-depth_deg / 4.0))
+        gain_a = np.where(clip_a, soft_dome, 1.0).astype(np.float32)
+    method = "srgb-decode"
+    details: dict[str, Any] = {"blobs": len(blobs)}
+    sun = SunEstimate(visible=False)
+    if sun_blob is not None:
+        s = sun_blob.centre
+        p = _fit_aureole_power(lum_a, sun_blob, s, dirs_a, 1.0, px_deg)
+        gamma = np.degrees(np.arccos(np.clip(dirs_a @ s, -1.0, 1.0)))
+        g0 = max(SUN_ANGLE_DEG, 0.5 * px_deg)
+        aureole = ((gamma + depth_deg) / np.maximum(gamma, g0)) ** p
+        gain_a = np.where(sun_blob.mask, _blur(np.where(sun_blob.mask, aureole, 1.0), 1), gain_a)
+        details.update(aureole_power=p, blob_radius_deg=sun_blob.radius_deg, ring=sun_blob.ring)
+        method = "srgb-decode+aureole+sky-ratio-sun"
+    elif blobs:
+        method = _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a)
+    # Applied only to clipped pixels of the full image (unclipped ones stay exact).
+    out = lin * np.float32(exposure)
+    rows_i, cols_i = np.nonzero(clipped_full)
+    if rows_i.size:
+        ra = (rows_i + 0.5) * (ha / h) - 0.5
+        ca = (cols_i + 0.5) * (wa / w) - 0.5
+        g = _sample_bilinear(gain_a, ra, ca)
+        out[rows_i, cols_i] *= g[:, None]
+
+    # 5. The sun's energy, colour and disc.
+    if sun_blob is not None:
+        sun = _paint_sun(out, sun_blob, lin_a, gain_a, dirs_a, omega_a, exposure)
+    return HDRResult(
+        image=out,
+        exposure=float(exposure),
+        sun=sun,
+        method=method,
+        clipped_fraction=clipped_fraction,
+        seconds=time.perf_counter() - t0,
+        details=details,
+    )
+
+
+def _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a) -> str:
+    """Raise hard-edged clipped blobs (lamps, windows) by a closed-world energy balance.
+
+    The surroundings' mean radiance ``Ls`` is what an average albedo ``a`` = 0.4 reflects of
+    the mean irradiance; the light sources supply ``pi Ls (1 / a - 1)`` of it, which for
+    sources of total solid angle ``O`` and radiance ``Le`` is ``Le O / 4`` on average over
+    the sphere of normals: ``Le = 4 pi Ls (1 / a - 1) / O``.
+    """
+    hard = [b for b in blobs if b.ring < 0.6 and b.radius_deg < 35.0]
+    if not hard:
+        return "srgb-decode+soft-highlights"
+    sources = np.zeros_like(clip_a)
+    for b in hard:
+        sources |= b.mask
+    total_omega = float((sources * omega_a[:, None]).sum())
+    rest = ~clip_a
+    weights = np.broadcast_to(omega_a[:, None], rest.shape)[rest]
+    ls = float((lum_a[rest] * weights).sum() / max(weights.sum(), 1e-12))
+    albedo = 0.4
+    le = 4.0 * math.pi * ls * (1.0 / albedo - 1.0) / max(total_omega, 1e-6)
+    level = float(np.clip(le, 1.0, 64.0))
+    gain_a[sources] = level
+    return "srgb-decode+light-sources"
+
+
+def _paint_sun(out, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposure) -> SunEstimate:
+    s = blob.centre
+    lon, lat = math.atan2(s[1], s[0]), math.asin(float(np.clip(s[2], -1, 1)))
+    elev = math.degrees(lat)
+    ratio, colour = _sky_ratio(max(elev, 0.0))
+    # Horizontal sky irradiance of the lifted sky (upper hemisphere; the sun is not yet in).
+    sky = lin_a * gain_a[..., None] * exposure
+    up = dirs_a[..., 2] > 0
+    cos_z = np.where(up, dirs_a[..., 2], 0.0) * omega_a[:, None]
+    e_sky = float(((sky @ _LUMA) * cos_z).sum())
+    e_lum = ratio * e_sky  # luminance irradiance of the sun at normal incidence
+    colour_lum = float(colour @ _LUMA)
+    strength = e_lum / colour_lum  # the max channel's irradiance (colour's max is 1)
+    e_rgb = strength * colour
+
+    h, w = out.shape[:2]
+    px = math.pi / h  # rad per pixel (vertical)
+    # Radius: the sun's own, at least ~0.75 pixel, and wide enough for half floats.
+    r = max(math.radians(SUN_ANGLE_DEG) / 2.0, 0.75 * px)
+    peak_needed = float(e_rgb.max()) / (0.5 * HALF_MAX)  # solid angle so max <= HALF_MAX / 2
+    r = max(r, math.acos(max(-1.0, 1.0 - peak_needed / (2.0 * math.pi))))
+    row_c, col_c = _dir_to_uv_pixel(s, h, w)
+    reach = r + 2.0 * px
+    half_rows = int(math.ceil(reach / px)) + 1
+    r0, r1 = max(0, int(row_c) - half_rows), min(h, int(row_c) + half_rows + 2)
+    cos_lat = max(math.cos(lat), 1e-3)
+    half_cols = min(w // 2, int(math.ceil(reach / px / cos_lat)) + 2)
+    cols = (np.arange(int(col_c) - half_cols, int(col_c) + half_cols + 2)) % w
+    cols = np.unique(cols)
+    rows = np.arange(r0, r1)
+    lon_c = (0.5 - (cols + 0.5) / w) * 2 * np.pi
+    lat_r = (0.5 - (rows + 0.5) / h) * np.pi
+    d = np.stack(
+        np.broadcast_arrays(
+            np.cos(lat_r)[:, None] * np.cos(lon_c)[None],
+            np.cos(lat_r)[:, None] * np.sin(lon_c)[None],
+            np.sin(lat_r)[:, None],
+        ),
+        axis=-1,
+    )
+    gamma = np.arccos(np.clip(d @ s, -1.0, 1.0))
+    cover = np.clip((r + 0.5 * px - gamma) / px, 0.0, 1.0)  # anti-aliased edge
+    omega = erp_solid_angles(h, w)[rows][:, None]
+    total = float((cover * omega).sum())
+    if total <= 0:
+        return SunEstimate(visible=False)
+    radiance = cover / total  # integrates to 1 over the disc
+    out[np.ix_(rows, cols)] += (radiance[..., None] * e_rgb[None, None, :]).astype(np.float32)
+    return SunEstimate(
+        visible=True,
+        direction=(float(s[0]), float(s[1]), float(s[2])),
+        azimuth_deg=math.degrees(lon),
+        elevation_deg=elev,
+        angle_deg=math.degrees(2.0 * r),
+        color=(float(colour[0]), float(colour[1]), float(colour[2])),
+        strength=float(strength),
+        score=float(blob.ring),
+    )
