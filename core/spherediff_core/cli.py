@@ -403,7 +403,8 @@ def _hdr(args: argparse.Namespace) -> int:
         result = lift_to_hdr(read_ldr_panorama(args.input), exposure=args.exposure)
         paths = write_hdr_outputs(result, out, source=args.input)
     except SphereDiffError as exc:
-        sys.stderr.write(f"spherediff: error: {exc}\n")
+        where = "" if args.input in str(exc) else f"input {args.input!r}: "
+        sys.stderr.write(f"spherediff: error: {where}{exc}\n")
         return exc.exit_code
     except OSError as exc:
         sys.stderr.write(f"spherediff: error: cannot write {str(out)!r}: {exc}\n")

@@ -173,9 +173,7 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     """Linear values -> sRGB display values (not clipped above 1), float32."""
     x = np.maximum(np.asarray(x, dtype=np.float32), 0.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055).astype(
-        np.float32
-    )
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055).astype(np.float32)
 
 
 _LUTS: dict[int, np.ndarray] = {}
@@ -438,6 +436,10 @@ AUREOLE_POWER = 1.2
 Blender sky's is 1.0-1.45 by elevation on the ground truth; the middle is used)."""
 
 
+AUREOLE_CORE_DEG = 8.0
+"""Angle inside which the clear sky's aureole flattens (Blender's sky: about 4-8 deg)."""
+
+
 def _run_halfwidths(blob: np.ndarray, row: int, col: int) -> tuple[int, int]:
     """Clipped pixels left and right of (row, col) in the blob's run on that row."""
     w = blob.shape[1]
@@ -478,7 +480,7 @@ def _locate_sun(lum, clipped, dirs, blob: np.ndarray, px_deg: float) -> np.ndarr
     lon = (0.5 - (col + 0.5) / w) * 2.0 * math.pi
     lat_rows = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
     e_top = float(lat_rows[r_top])
-    cols = (int(round(col)) + np.arange(-2, 3)) % w
+    cols = (round(col) + np.arange(-2, 3)) % w
     prof_rows = np.arange(max(0, r_top - int(25.0 / px_deg)), r_top)
     prof = lum[np.ix_(prof_rows, cols)]
     ok = ~clipped[np.ix_(prof_rows, cols)] & (prof > 1e-5)
@@ -562,18 +564,17 @@ def _find_sun(lum, clipped, dirs, omega, px_deg):
     return best, blobs, depth
 
 
-def _fit_aureole_power(lum, blob: _Blob, sun_dir, dirs, clip_lum, px_deg) -> float:
-    """Exponent p of L ~ angle^-p, fitted on the unclipped sky 1-3 blob radii from the sun."""
-    gamma = np.degrees(np.arccos(np.clip(dirs @ sun_dir, -1.0, 1.0)))
-    r = max(blob.radius_deg, 2.0 * px_deg)
-    sel = (~blob.mask) & (gamma > r) & (gamma < 3.0 * r + 6.0) & (dirs[..., 2] > 0.02)
-    sel &= lum > 0.05 * clip_lum
-    if sel.sum() < 20:
-        return 1.5
-    x = np.log(gamma[sel])
-    y = np.log(lum[sel])
-    slope = np.polyfit(x, y, 1)[0]
-    return float(np.clip(-slope, 0.5, 2.5))
+def _aureole_gain(gamma_deg: np.ndarray, depth_deg: np.ndarray) -> np.ndarray:
+    """Clipped aureole radiance over the clip level: 1 on the blob's edge, rising inwards.
+
+    The clear sky's circumsolar radiance is modelled as ``(g**2 + g0**2) ** (-p / 2)``
+    (``g`` the angle to the sun, flat inside ``g0`` = AUREOLE_CORE_DEG, falling as
+    ``g**-p`` beyond); a pixel at ``g`` whose ray from the sun leaves the blob at about
+    ``g + depth`` gets the model's ratio between the two.
+    """
+    g0 = AUREOLE_CORE_DEG**2
+    edge = (gamma_deg + depth_deg) ** 2
+    return (((edge + g0) / (gamma_deg**2 + g0)) ** (AUREOLE_POWER / 2.0)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- the lift
@@ -619,12 +620,10 @@ def lift_to_hdr(image: Any, *, exposure: float = 1.0) -> HDRResult:
     sun = SunEstimate(visible=False)
     if sun_blob is not None:
         s = sun_blob.centre
-        p = _fit_aureole_power(lum_a, sun_blob, s, dirs_a, 1.0, px_deg)
         gamma = np.degrees(np.arccos(np.clip(dirs_a @ s, -1.0, 1.0)))
-        g0 = max(SUN_ANGLE_DEG, 0.5 * px_deg)
-        aureole = ((gamma + depth_deg) / np.maximum(gamma, g0)) ** p
+        aureole = _aureole_gain(gamma, depth_deg)
         gain_a = np.where(sun_blob.mask, _blur(np.where(sun_blob.mask, aureole, 1.0), 1), gain_a)
-        details.update(aureole_power=p, blob_radius_deg=sun_blob.radius_deg, ring=sun_blob.ring)
+        details.update(blob_radius_deg=sun_blob.radius_deg, ring=sun_blob.ring)
         method = "srgb-decode+aureole+sky-ratio-sun"
     elif blobs:
         method = _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a)
@@ -699,10 +698,10 @@ def _paint_sun(out, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposure) -> Su
     r = max(r, math.acos(max(-1.0, 1.0 - peak_needed / (2.0 * math.pi))))
     row_c, col_c = _dir_to_uv_pixel(s, h, w)
     reach = r + 2.0 * px
-    half_rows = int(math.ceil(reach / px)) + 1
+    half_rows = math.ceil(reach / px) + 1
     r0, r1 = max(0, int(row_c) - half_rows), min(h, int(row_c) + half_rows + 2)
     cos_lat = max(math.cos(lat), 1e-3)
-    half_cols = min(w // 2, int(math.ceil(reach / px / cos_lat)) + 2)
+    half_cols = min(w // 2, math.ceil(reach / px / cos_lat) + 2)
     cols = (np.arange(int(col_c) - half_cols, int(col_c) + half_cols + 2)) % w
     cols = np.unique(cols)
     rows = np.arange(r0, r1)

@@ -444,7 +444,9 @@ def build_interior_scene(scene, seed):
         "WallY-": [(-hx, -hy, 0), (hx, -hy, 0), (hx, -hy, hz), (-hx, -hy, hz)],
     }.items():
         add_mesh(scene, name, verts, [(0, 1, 2, 3)], wall)
-    add_box(scene, "Table", (1.5, 0.8, 0.4), (1.6, 0.9, 0.8), diffuse_material("T", (0.4, 0.3, 0.2)))
+    add_box(
+        scene, "Table", (1.5, 0.8, 0.4), (1.6, 0.9, 0.8), diffuse_material("T", (0.4, 0.3, 0.2))
+    )
     for i, (x, y) in enumerate(((-1.8, 0.0), (2.0, -0.5))):
         ld = bpy.data.lights.new(f"Panel{i}", "AREA")
         ld.shape = "RECTANGLE"
