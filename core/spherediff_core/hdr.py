@@ -86,6 +86,8 @@ ANALYSIS_WIDTH = 512
 SUN_ANGLE_DEG = 0.545  # the Sun's mean angular diameter seen from the Earth
 SUN_MIN_RING = 0.5  # upper-quartile radiance just outside a sun's blob, over the clip level
 SUN_STRONG_DIPOLE = 0.08
+SUN_TINY_DIPOLE = 0.05  # ... needed to accept a blob under 1.5 deg (the bare disc) as a sun
+SUN_TINY_GAP_DEG = 30.0  # ... and the most such a blob may stray in azimuth from it
 SUN_MAX_DIPOLE_DEG = 90.0  # angle between a sun's blob and the sky's bright side
 SUN_MIN_DIPOLE = 0.02  # horizontal length of the sky's radiance-weighted mean direction
 SUN_MIN_AUREOLE = 1.25  # sky radiance 1-4 deg out over 10-20 deg out, around a sun
@@ -95,8 +97,15 @@ _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec.709 luminanc
 # module docstring, step 5): elevation (deg) -> (R = sun normal irradiance / sky horizontal
 # irradiance (luminance), sun colour (max channel 1)).
 SKY_RATIO_TABLE: tuple[tuple[float, float, tuple[float, float, float]], ...] = (
-    (1.0, 1.0, (1.0, 0.6, 0.3)),
-    (90.0, 10.0, (1.0, 0.95, 0.9)),
+    (1.0, 3.38, (1.0, 0.6, 0.3)),
+    (2.0, 5.54, (1.0, 0.6, 0.3)),
+    (4.0, 8.29, (1.0, 0.6, 0.3)),
+    (7.0, 10.13, (1.0, 0.6, 0.3)),
+    (10.0, 10.85, (1.0, 0.6, 0.3)),
+    (15.0, 11.28, (1.0, 0.6, 0.3)),
+    (20.0, 11.33, (1.0, 0.6, 0.3)),
+    (30.0, 11.04, (1.0, 0.6, 0.3)),
+    (45.0, 10.43, (1.0, 0.6, 0.3)),
 )
 
 
@@ -553,6 +562,9 @@ def _find_sun(lum, clipped, dirs, omega, px_deg):
             continue
         if not tiny and b.ring < SUN_MIN_RING:
             continue
+        # A bare disc (or a stray bright pixel) must sit on the sky's bright side.
+        if tiny and (dipole_h < SUN_TINY_DIPOLE or b.rms > SUN_TINY_GAP_DEG):
+            continue
         # A clearly lopsided sky vetoes blobs on its dark side (sunlit walls face away
         # from the sun); otherwise the widest blob is the sun's (its aureole is clipped).
         if dipole_h >= SUN_STRONG_DIPOLE and b.rms > SUN_MAX_DIPOLE_DEG:
@@ -638,7 +650,7 @@ def lift_to_hdr(image: Any, *, exposure: float = 1.0) -> HDRResult:
 
     # 5. The sun's energy, colour and disc.
     if sun_blob is not None:
-        sun = _paint_sun(out, sun_blob, lin_a, gain_a, dirs_a, omega_a, exposure)
+        sun = _paint_sun(out, clipped_full, sun_blob, lin_a, gain_a, dirs_a, omega_a, exposure)
     return HDRResult(
         image=out,
         exposure=float(exposure),
@@ -675,7 +687,7 @@ def _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a) -> str:
     return "srgb-decode+light-sources"
 
 
-def _paint_sun(out, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposure) -> SunEstimate:
+def _paint_sun(out, clipped, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposure) -> SunEstimate:
     s = blob.centre
     lon, lat = math.atan2(s[1], s[0]), math.asin(float(np.clip(s[2], -1, 1)))
     elev = math.degrees(lat)
@@ -718,6 +730,13 @@ def _paint_sun(out, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposure) -> Su
     gamma = np.arccos(np.clip(d @ s, -1.0, 1.0))
     cover = np.clip((r + 0.5 * px - gamma) / px, 0.0, 1.0)  # anti-aliased edge
     omega = erp_solid_angles(h, w)[rows][:, None]
+    # The disc goes into clipped pixels only where they hold most of it (they always do but
+    # for a disc widened for half floats): unclipped pixels keep the input's values.
+    in_clip = cover * clipped[np.ix_(rows, cols)]
+    clip_total = float((in_clip * omega).sum())
+    if clip_total >= 0.5 * float((cover * omega).sum()):
+        if float(e_rgb.max()) * float(in_clip.max()) / max(clip_total, 1e-30) < HALF_MAX:
+            cover = in_clip
     total = float((cover * omega).sum())
     if total <= 0:
         return SunEstimate(visible=False)

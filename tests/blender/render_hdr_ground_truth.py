@@ -18,8 +18,10 @@ physically right radiance of the sun in the panorama), every other ray sees the 
 *without* the disc plus a Sun lamp whose colour and strength are the disc's own irradiance,
 measured first by rendering the disc through a narrow camera with the disc on and off (so
 shadows are sharp and noise-free). No-sun scenes: "overcast" (CIE overcast sky,
-L ~ (1 + 2 sin(elevation)) / 3, grey), "interior" (a closed room lit by two ceiling area
-lights, which the camera sees), "night" (a dark blue sky and warm emissive street lamps).
+L ~ (1 + 2 sin(elevation)) / 3, grey), "interior" (a closed room lit by two emissive
+ceiling panels), "night" (a dark blue sky and warm emissive street-lamp bulbs). Every light
+of a no-sun scene is an emissive surface the camera sees (Cycles shows no lamp object to
+the camera), so the panorama holds all the light of its scene.
 
 Never uses Blender's bundled studio-light HDRIs.
 
@@ -447,20 +449,12 @@ def build_interior_scene(scene, seed):
     add_box(
         scene, "Table", (1.5, 0.8, 0.4), (1.6, 0.9, 0.8), diffuse_material("T", (0.4, 0.3, 0.2))
     )
+    # The lights are emissive ceiling panels (no lamp objects: Cycles does not show lamps
+    # to the camera, and the panorama must see every source of the room's light).
+    glow = emission_material("Glow", (1.0, 0.93, 0.82), 150.0)
+    z = hz - 0.01
     for i, (x, y) in enumerate(((-1.8, 0.0), (2.0, -0.5))):
-        ld = bpy.data.lights.new(f"Panel{i}", "AREA")
-        ld.shape = "RECTANGLE"
-        ld.size, ld.size_y = 1.2, 0.6
-        ld.energy = 300.0
-        ld.color = (1.0, 0.93, 0.82)
-        ob = bpy.data.objects.new(f"Panel{i}", ld)
-        scene.collection.objects.link(ob)
-        ob.location = (x, y, hz - 0.03)  # an area lamp shines along its local -Z: down
-        # Cycles does not show area lamps to the camera: an emissive panel just above each
-        # one (its radiance close to the lamp's, P / (pi A)) is what the panorama sees.
-        glow = emission_material(f"Glow{i}", (1.0, 0.93, 0.82), 300.0 / (math.pi * 0.72))
-        z = hz - 0.01
-        add_mesh(scene, f"Glow{i}", [(x - 0.6, y - 0.3, z), (x + 0.6, y - 0.3, z),
+        add_mesh(scene, f"Panel{i}", [(x - 0.6, y - 0.3, z), (x + 0.6, y - 0.3, z),
                  (x + 0.6, y + 0.3, z), (x - 0.6, y + 0.3, z)], [(0, 1, 2, 3)], glow)  # fmt: skip
 
 
@@ -483,19 +477,14 @@ def build_night_scene(scene, seed):
     add_ground(scene, (0.2, 0.2, 0.2))
     add_outdoor_props(scene, rng, None)
     pole = diffuse_material("Pole", (0.15, 0.15, 0.15))
-    bulb = emission_material("Bulb", (1.0, 0.7, 0.35), 40.0)
+    # Emissive bulbs are the only lamps, so the panorama sees every source of light:
+    # radiance P / (pi A) of a 150 W lamp of radius 0.18 m.
+    bulb = emission_material("Bulb", (1.0, 0.7, 0.35), 150.0 / (math.pi * 4 * math.pi * 0.18**2))
     for i, az in enumerate((20.0, 140.0, -100.0)):
         d = rng.uniform(6.0, 12.0)
         x, y = d * math.cos(math.radians(az)), d * math.sin(math.radians(az))
         add_box(scene, f"Pole{i}", (x, y, 2.0), (0.12, 0.12, 4.0), pole)
         add_sphere(scene, f"Bulb{i}", (x, y, 4.15), 0.18, bulb, 12, 6)
-        ld = bpy.data.lights.new(f"Lamp{i}", "POINT")
-        ld.energy = 150.0
-        ld.color = (1.0, 0.7, 0.35)
-        ld.shadow_soft_size = 0.18
-        ob = bpy.data.objects.new(f"Lamp{i}", ld)
-        scene.collection.objects.link(ob)
-        ob.location = (x, y, 3.85)
 
 
 def main() -> int:
