@@ -734,9 +734,10 @@ def _paint_sun(out, clipped, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposu
     # for a disc widened for half floats): unclipped pixels keep the input's values.
     in_clip = cover * clipped[np.ix_(rows, cols)]
     clip_total = float((in_clip * omega).sum())
-    if clip_total >= 0.5 * float((cover * omega).sum()):
-        if float(e_rgb.max()) * float(in_clip.max()) / max(clip_total, 1e-30) < HALF_MAX:
-            cover = in_clip
+    mostly_clipped = clip_total >= 0.5 * float((cover * omega).sum())
+    peak = float(e_rgb.max()) * float(in_clip.max()) / max(clip_total, 1e-30)
+    if mostly_clipped and peak < HALF_MAX:
+        cover = in_clip
     total = float((cover * omega).sum())
     if total <= 0:
         return SunEstimate(visible=False)
