@@ -30,7 +30,7 @@ The model
    (bright sky, clouds) get a gentle dome, ``1 + 0.5 (1 - exp(-d / 4 deg))``. Hard-edged
    clipped blobs in a panorama without a sun are light sources: their radiance is raised
    until their mean irradiance balances what the surroundings reflect (closed-world energy
-   balance with an average albedo of 0.4), at most 64x the clip level. The gain is computed
+   balance with an average albedo of 0.4), at most 4096x the clip level. The gain is computed
    on the analysis copy, blurred, and applied only to clipped pixels of the full image.
 5. **Give the sun its energy** from the clear-sky sun/sky ratio of Blender's own physical
    sky (MULTIPLE_SCATTERING, the Nishita model's successor): ``E_sun = R(elevation) *
@@ -84,6 +84,8 @@ __all__ = [
 HALF_MAX = 65504.0
 ANALYSIS_WIDTH = 512
 SUN_ANGLE_DEG = 0.545  # the Sun's mean angular diameter seen from the Earth
+LIGHT_MAX_RING = 0.3  # a light source's edge is hard: the ring outside is this dark or darker
+LIGHT_MAX_GAIN = 4096.0  # at most this many times the clip level for a light source
 SUN_MIN_RING = 0.5  # upper-quartile radiance just outside a sun's blob, over the clip level
 SUN_STRONG_DIPOLE = 0.08
 SUN_TINY_DIPOLE = 0.05  # ... needed to accept a blob under 1.5 deg (the bare disc) as a sun
@@ -97,15 +99,18 @@ _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec.709 luminanc
 # module docstring, step 5): elevation (deg) -> (R = sun normal irradiance / sky horizontal
 # irradiance (luminance), sun colour (max channel 1)).
 SKY_RATIO_TABLE: tuple[tuple[float, float, tuple[float, float, float]], ...] = (
-    (1.0, 3.38, (1.0, 0.6, 0.3)),
-    (2.0, 5.54, (1.0, 0.6, 0.3)),
-    (4.0, 8.29, (1.0, 0.6, 0.3)),
-    (7.0, 10.13, (1.0, 0.6, 0.3)),
-    (10.0, 10.85, (1.0, 0.6, 0.3)),
-    (15.0, 11.28, (1.0, 0.6, 0.3)),
-    (20.0, 11.33, (1.0, 0.6, 0.3)),
-    (30.0, 11.04, (1.0, 0.6, 0.3)),
-    (45.0, 10.43, (1.0, 0.6, 0.3)),
+    (1.0, 3.380, (1.0000, 0.2231, 0.0000)),
+    (2.0, 5.542, (1.0000, 0.3131, 0.0021)),
+    (4.0, 8.287, (1.0000, 0.4559, 0.0738)),
+    (7.0, 10.125, (1.0000, 0.5900, 0.1981)),
+    (10.0, 10.854, (1.0000, 0.6675, 0.3003)),
+    (15.0, 11.277, (1.0000, 0.7392, 0.4184)),
+    (20.0, 11.327, (1.0000, 0.7787, 0.4944)),
+    (30.0, 11.042, (1.0000, 0.8200, 0.5834)),
+    (45.0, 10.432, (1.0000, 0.8474, 0.6482)),
+    (60.0, 9.934, (1.0000, 0.8599, 0.6793)),
+    (75.0, 9.625, (1.0000, 0.8657, 0.6941)),
+    (90.0, 9.519, (1.0000, 0.8674, 0.6986)),
 )
 
 
@@ -238,14 +243,19 @@ def _check_input(image: Any) -> np.ndarray:
     raise BadInputError(f"unsupported pixel type {arr.dtype}: use uint8, uint16 or float")
 
 
+def _any_channel_at_least(arr: np.ndarray, level) -> np.ndarray:
+    # Three comparisons beat a max over a length-3 last axis by far on large images.
+    return (arr[..., 0] >= level) | (arr[..., 1] >= level) | (arr[..., 2] >= level)
+
+
 def _decode(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-> (linear float32 (H, W, 3), clipped bool (H, W)): any channel at the top code."""
     if arr.dtype == np.uint8:
-        return _lut(8)[arr], arr.max(axis=-1) >= 254
+        return np.take(_lut(8), arr), _any_channel_at_least(arr, 254)
     if arr.dtype == np.uint16:
-        return _lut(16)[arr], arr.max(axis=-1) >= 65535 - 257
+        return np.take(_lut(16), arr), _any_channel_at_least(arr, 65535 - 257)
     disp = np.clip(arr, 0.0, 1.0)
-    return srgb_to_linear(disp), disp.max(axis=-1) >= 254.0 / 255.0
+    return srgb_to_linear(disp), _any_channel_at_least(disp, 254.0 / 255.0)
 
 
 # --------------------------------------------------------------------------- sphere
@@ -610,8 +620,11 @@ def lift_to_hdr(image: Any, *, exposure: float = 1.0) -> HDRResult:
     wa = min(w, ANALYSIS_WIDTH)
     ha = wa // 2
     px_deg = 180.0 / ha
-    lin_a = _block_mean(lin, ha, wa)
-    clip_a = _block_mean(clipped_full.astype(np.float32), ha, wa) > 0.5
+    # Large images are thinned first (every k-th pixel, k = half the reduction) so the area
+    # average reads a quarter of them: the analysis only needs 0.35-deg detail.
+    k = max(1, (w // wa) // 2)
+    lin_a = _block_mean(lin[::k, ::k], ha, wa)
+    clip_a = _block_mean(clipped_full[::k, ::k].astype(np.float32), ha, wa) > 0.5
     lum_a = lin_a @ _LUMA
     dirs_a = erp_directions(ha, wa)
     omega_a = erp_solid_angles(ha, wa)
@@ -640,7 +653,9 @@ def lift_to_hdr(image: Any, *, exposure: float = 1.0) -> HDRResult:
     elif blobs:
         method = _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a)
     # Applied only to clipped pixels of the full image (unclipped ones stay exact).
-    out = lin * np.float32(exposure)
+    out = lin
+    if exposure != 1.0:
+        out *= np.float32(exposure)
     rows_i, cols_i = np.nonzero(clipped_full)
     if rows_i.size:
         ra = (rows_i + 0.5) * (ha / h) - 0.5
@@ -670,7 +685,7 @@ def _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a) -> str:
     sources of total solid angle ``O`` and radiance ``Le`` is ``Le O / 4`` on average over
     the sphere of normals: ``Le = 4 pi Ls (1 / a - 1) / O``.
     """
-    hard = [b for b in blobs if b.ring < 0.6 and b.radius_deg < 35.0]
+    hard = [b for b in blobs if b.ring < LIGHT_MAX_RING and b.radius_deg < 35.0]
     if not hard:
         return "srgb-decode+soft-highlights"
     sources = np.zeros_like(clip_a)
@@ -682,7 +697,7 @@ def _light_sources(lin_a, lum_a, clip_a, blobs, omega_a, gain_a, dirs_a) -> str:
     ls = float((lum_a[rest] * weights).sum() / max(weights.sum(), 1e-12))
     albedo = 0.4
     le = 4.0 * math.pi * ls * (1.0 / albedo - 1.0) / max(total_omega, 1e-6)
-    level = float(np.clip(le, 1.0, 64.0))
+    level = float(np.clip(le, 1.0, LIGHT_MAX_GAIN))
     gain_a[sources] = level
     return "srgb-decode+light-sources"
 

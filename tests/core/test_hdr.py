@@ -100,7 +100,10 @@ def test_unclipped_pixels_kept_and_sun_found():
 
 
 def test_highlights_rise_smoothly_towards_the_sun():
-    ldr = to_ldr8(clear_sky())
+    hdr = clear_sky()
+    ldr = to_ldr8(hdr)
+    lum_true = hdr.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])
+    exposed = lum_true * 0.18 / math.exp(float(np.log(np.maximum(lum_true, 1e-6)).mean()))
     result = lift_to_hdr(ldr)
     lum = result.image @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     h, w = lum.shape
@@ -112,7 +115,12 @@ def test_highlights_rise_smoothly_towards_the_sun():
     prof = lum[top : row_sun - round(2 / 180 * h), col]
     assert (np.diff(prof) >= -1e-3 * prof[:-1]).all(), prof
     assert (prof[1:] / prof[:-1]).max() < 1.6, prof
-    assert prof[-1] > 2.0, "the clipped aureole was not lifted above the clip level"
+    # Lifted above the clip level, and not wildly beyond the true radiance (the aureole
+    # model is Blender's sky's, whose aureole is stronger than this CIE sky's: accuracy is
+    # measured on Blender's ground truth, tests/blender/test_hdr_ground_truth.py).
+    truth = exposed[row_sun - round(2 / 180 * h) - 1, col]
+    assert truth > 1.1, "the test sky must clip there"
+    assert 1.2 < prof[-1] < 2.0 * truth, (prof[-1], truth)
 
 
 def test_no_clipping_no_sun_and_exact():
