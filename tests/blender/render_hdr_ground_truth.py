@@ -77,6 +77,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
+        "--elevations",
+        type=float,
+        nargs="*",
+        default=[1.0, 2.0, 4.0, 7.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 75.0, 90.0],
+        help="sun elevations (deg) of --calibrate",
+    )
+    p.add_argument(
         "--calibrate",
         metavar="JSON",
         help="instead of scenes: measure the sky's sun/sky ratio by elevation into JSON",
@@ -232,7 +239,7 @@ def calibrate(args) -> int:
     luma = (0.2126, 0.7152, 0.0722)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hdr_cal_") as tmp:
-        for elev in (1.0, 2.0, 4.0, 7.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 75.0, 90.0):
+        for elev in args.elevations:
             sun = measure_sun(args, elev, 0.0, tmp)
             sky = measure_sky(args, elev, 0.0, tmp)
             ratio = sum(a * b for a, b in zip(luma, sun, strict=True)) / sum(
