@@ -59,6 +59,10 @@ SCENES = {
     "overcast": ("overcast", None, None, 8),
     "interior": ("interior", None, None, 9),
     "night": ("night", None, None, 10),
+    # Held out: not in the test or benchmark set, for checking the lift on unseen suns.
+    "holdout_e03_a-75": ("sun", 3.0, -75.0, 11),
+    "holdout_e18_a-150": ("sun", 18.0, -150.0, 12),
+    "holdout_e33_a135": ("sun", 33.0, 135.0, 13),
 }
 
 

@@ -131,6 +131,16 @@ def test_no_clipping_no_sun_and_exact():
     assert result.sun.to_dict()["direction"] is None
 
 
+def test_sixteen_bit_codes_decoded_at_full_precision():
+    ldr8 = to_ldr8(clear_sky(64))
+    codes = ldr8.astype(np.uint16) * 257  # the same display values in 16 bits
+    codes[0, 0, 0] += 100  # a value 8 bits cannot hold
+    result = lift_to_hdr(codes)
+    assert result.image[0, 0, 0] == pytest.approx(float(srgb_to_linear(codes[0, 0, 0] / 65535.0)))
+    assert result.sun.visible
+    assert result.sun.direction == lift_to_hdr(ldr8).sun.direction
+
+
 def test_generation_float_image_accepted():
     ldr = to_ldr8(clear_sky(64))
     chw = torch.from_numpy(ldr.astype(np.float32) / 255.0).permute(2, 0, 1)
