@@ -14,21 +14,28 @@ The model
 2. **Find the clipped pixels** (any channel at the top code, >= 254/255) and, on a
    512-pixel-wide analysis copy, their blobs (4-connected, wrapping at the seam) and each
    pixel's angular depth inside its blob (distance to the nearest unclipped pixel).
-3. **Detect the sun.** Candidates are the deepest clipped blobs with their centre above
-   -3 deg elevation. A sun is a *soft* blob: sky radiance falls smoothly from the sun's
-   aureole, so the unclipped ring just outside the blob is nearly as bright as the clip
-   level, where lamps, windows and sunlit walls have hard edges (dark rings); and it is
-   compact (angular radius <= 35 deg: an overcast sky clipped all over is not a sun). Its
-   direction is the normal of the plane best fitting the blob's soft boundary (an iso-
-   radiance circle of the aureole on the sphere; the part cut by the horizon or an object
-   is left out). Nothing else is called a sun: overcast skies, interiors and night scenes
+3. **Detect the sun.** Candidates are the deepest clipped blobs above the horizon. A sun's
+   blob is *soft* (the sky's radiance falls smoothly from the aureole, so the unclipped ring
+   just outside is at least half the clip level, where lamps, windows and lit walls have
+   hard edges), has an aureole (unclipped sky 1-4 deg beyond it >= 1.25x brighter than
+   10-20 deg beyond) and is at most 40 deg wide (an overcast sky clipped all over is not a
+   sun). Where the sky is lopsided (its radiance-weighted mean direction leans to one side)
+   the blob must sit on the bright side and the strongest aureole wins; otherwise (a low
+   sun) the widest blob wins. A blob under 1.5 deg (a bare disc) must be within 30 deg of
+   azimuth of the bright side. Its direction: a clear sky is symmetric about the sun's
+   vertical, so the azimuth is the median midpoint of the blob's clipped runs; along that
+   vertical the unclipped sky above the blob falls as (elevation - sun elevation) **
+   -AUREOLE_POWER, and the sun's elevation is the best fit of that profile (a bare disc:
+   its centroid). Nothing else is called a sun: overcast skies, interiors and night scenes
    get ``visible = False``.
 4. **Reconstruct clipped highlights smoothly.** Inside the sun's blob the aureole is
-   extrapolated as a power law of the angle to the sun, ``L = clip * ((g + d) / g) ** p``
-   (``g`` angle to the sun, ``d`` depth in the blob, so ``L = clip`` on the boundary),
-   with ``p`` fitted to the unclipped sky just outside the blob. Other soft clipped areas
+   extrapolated with a flat-topped power law of the angle ``g`` to the sun,
+   ``L ~ (g**2 + AUREOLE_CORE_DEG**2) ** (-AUREOLE_POWER / 2)``, scaled to the clip level on
+   the blob's edge (``g + depth`` there), so it is continuous there and rises towards the
+   sun. Other soft clipped areas
    (bright sky, clouds) get a gentle dome, ``1 + 0.5 (1 - exp(-d / 4 deg))``. Hard-edged
-   clipped blobs in a panorama without a sun are light sources: their radiance is raised
+   clipped blobs (the ring outside at most 0.3 of the clip level) in a panorama without a
+   sun are light sources: their radiance is raised
    until their mean irradiance balances what the surroundings reflect (closed-world energy
    balance with an average albedo of 0.4), at most 4096x the clip level. The gain is computed
    on the analysis copy, blurred, and applied only to clipped pixels of the full image.
@@ -401,7 +408,6 @@ class _Blob:
     radius_deg: float
     ring: float
     centre: np.ndarray
-    soft_points: int
     slope: float = 0.0
     rms: float = float("inf")
 
@@ -422,32 +428,9 @@ def _describe_blob(blob, lum, clip_lum, dirs, omega, px_deg) -> _Blob:
     ring_lum = lum[ring]
     # The upper quartile: a sun low on the horizon has ground under half its ring.
     ring_level = float(np.percentile(ring_lum, 75)) / clip_lum if ring_lum.size else 0.0
-    # Soft boundary: blob pixels with an unclipped neighbour at least half the clip level.
-    up, down, left, right = _shifts(blob)
-    edge = blob & ~(up & down & left & right)
-    bright_out = (~blob) & (lum >= 0.5 * clip_lum)
-    u2, d2, l2, r2 = _shifts(bright_out)
-    soft = edge & (u2 | d2 | l2 | r2)
-    pts = dirs[soft]
-    centre = _fit_circle_centre(pts, dirs[blob], omega_w=None)
-    return _Blob(blob, area, radius, ring_level, centre, int(soft.sum()))
-
-
-def _fit_circle_centre(pts: np.ndarray, inside: np.ndarray, omega_w=None) -> np.ndarray:
-    """Centre of the small circle through boundary points on the sphere (plane fit)."""
-    mean_in = inside.mean(axis=0)
-    mean_in /= np.linalg.norm(mean_in)
-    if len(pts) < 12:
-        return mean_in
-    q = pts - pts.mean(axis=0)
-    evals, evecs = np.linalg.eigh(q.T @ q)
-    n = evecs[:, 0]
-    if n @ mean_in < 0:
-        n = -n
-    # A short arc fits a plane poorly: keep the blob's mean direction then.
-    if evals[1] < 4.0 * evals[0] or math.degrees(math.acos(min(1.0, n @ mean_in))) > 20.0:
-        return mean_in
-    return n / np.linalg.norm(n)
+    centre = dirs[blob].mean(axis=0)
+    centre /= np.linalg.norm(centre)
+    return _Blob(blob, area, radius, ring_level, centre)
 
 
 AUREOLE_POWER = 1.2
@@ -576,10 +559,13 @@ def _find_sun(lum, clipped, dirs, omega, px_deg):
         if tiny and (dipole_h < SUN_TINY_DIPOLE or b.rms > SUN_TINY_GAP_DEG):
             continue
         # A clearly lopsided sky vetoes blobs on its dark side (sunlit walls face away
-        # from the sun); otherwise the widest blob is the sun's (its aureole is clipped).
-        if dipole_h >= SUN_STRONG_DIPOLE and b.rms > SUN_MAX_DIPOLE_DEG:
+        # from the sun) and, on its bright side, the strongest aureole wins (the disc over
+        # a clipped strip of horizon glow under it); a sky that is not lopsided has a low
+        # sun, whose clipped aureole is the widest blob.
+        strong = dipole_h >= SUN_STRONG_DIPOLE
+        if strong and b.rms > SUN_MAX_DIPOLE_DEG:
             continue
-        if best is None or b.radius_deg > best.radius_deg:
+        if best is None or (b.slope > best.slope if strong else b.radius_deg > best.radius_deg):
             best = b
     if best is not None:
         best.centre = _locate_sun(lum, clipped, dirs, best.mask, px_deg)
