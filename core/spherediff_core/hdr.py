@@ -19,10 +19,11 @@ The model
    just outside is at least half the clip level, where lamps, windows and lit walls have
    hard edges), has an aureole (unclipped sky 1-4 deg beyond it >= 1.25x brighter than
    10-20 deg beyond) and is at most 40 deg wide (an overcast sky clipped all over is not a
-   sun). Where the sky is lopsided (its radiance-weighted mean direction leans to one side)
-   the blob must sit on the bright side and the strongest aureole wins; otherwise (a low
-   sun) the widest blob wins. A blob under 1.5 deg (a bare disc) must be within 30 deg of
-   azimuth of the bright side. Its direction: a clear sky is symmetric about the sun's
+   sun). Where the sky is lopsided (the medians of twelve 30-deg sectors, summed as
+   vectors, lean to one side) the blob must sit on the bright side and the strongest
+   aureole wins; otherwise (a low sun) the widest blob wins. A blob under 1.5 deg (a bare
+   disc) must have its aureole in all four quadrants around it (>= 1.5x, or >= 1.2x when
+   the lopsided sky leans towards it). Its direction: a clear sky is symmetric about the sun's
    vertical, so the azimuth is the median midpoint of the blob's clipped runs; along that
    vertical the unclipped sky above the blob falls as (elevation - sun elevation) **
    -AUREOLE_POWER, and the sun's elevation is the best fit of that profile (a bare disc:
@@ -94,11 +95,11 @@ SUN_ANGLE_DEG = 0.545  # the Sun's mean angular diameter seen from the Earth
 LIGHT_MAX_RING = 0.3  # a light source's edge is hard: the ring outside is this dark or darker
 LIGHT_MAX_GAIN = 4096.0  # at most this many times the clip level for a light source
 SUN_MIN_RING = 0.5  # upper-quartile radiance just outside a sun's blob, over the clip level
-SUN_STRONG_DIPOLE = 0.08
-SUN_TINY_DIPOLE = 0.05  # ... needed to accept a blob under 1.5 deg (the bare disc) as a sun
-SUN_TINY_GAP_DEG = 30.0  # ... and the most such a blob may stray in azimuth from it
+SUN_STRONG_DIPOLE = 0.08  # a sky this lopsided (_sky_dipole) is clear with a sun up
+SUN_TINY_AUREOLE = 1.5  # a blob under 1.5 deg (the bare disc): aureole in every quadrant
+SUN_TINY_AUREOLE_LEANING = 1.2  # ... enough when the lopsided sky leans towards it
+SUN_TINY_GAP_DEG = 30.0  # ... within this azimuth of the sky's bright side
 SUN_MAX_DIPOLE_DEG = 90.0  # angle between a sun's blob and the sky's bright side
-SUN_MIN_DIPOLE = 0.02  # horizontal length of the sky's radiance-weighted mean direction
 SUN_MIN_AUREOLE = 1.25  # sky radiance 1-4 deg out over 10-20 deg out, around a sun
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)  # Rec.709 luminance
 
@@ -502,18 +503,44 @@ def _locate_sun(lum, clipped, dirs, blob: np.ndarray, px_deg: float) -> np.ndarr
     return _lonlat_to_dir(lon, math.radians(e_sun))
 
 
-def _aureole_ratio(lum, clipped, dirs, blob: _Blob) -> float:
-    """Median unclipped sky radiance 1-4 deg beyond the blob over that 10-20 deg beyond."""
-    centre = dirs[blob.mask].mean(axis=0)
-    centre /= np.linalg.norm(centre)
+def _aureole_ratio(lum, clipped, dirs, blob: _Blob) -> tuple[float, float]:
+    """Median unclipped sky radiance 1-4 deg beyond the blob over that 10-20 deg beyond:
+    all around, and in its weakest quadrant (up, down, left, right of the blob)."""
+    centre = blob.centre
     ang = np.degrees(np.arccos(np.clip(dirs @ centre, -1.0, 1.0)))
     sky = (~clipped) & (dirs[..., 2] > math.sin(math.radians(0.5)))
     rad = blob.radius_deg
     near = sky & (ang > rad + 1.0) & (ang < rad + 4.0)
     far = sky & (ang > rad + 10.0) & (ang < rad + 20.0)
     if near.sum() < 5 or far.sum() < 5:
-        return 0.0
-    return float(np.median(lum[near]) / max(float(np.median(lum[far])), 1e-6))
+        return 0.0, 0.0
+    overall = float(np.median(lum[near]) / max(float(np.median(lum[far])), 1e-6))
+    east = np.cross([0.0, 0.0, 1.0], centre)
+    east = east / max(float(np.linalg.norm(east)), 1e-9)
+    north = np.cross(centre, east)
+    theta = np.arctan2(dirs @ north, dirs @ east)
+    weakest = float("inf")
+    for k in range(4):
+        quad = np.abs((theta - k * math.pi / 2 + math.pi) % (2 * math.pi) - math.pi) < math.pi / 4
+        n, f = near & quad, far & quad
+        if n.sum() >= 3 and f.sum() >= 3:
+            weakest = min(weakest, float(np.median(lum[n]) / max(float(np.median(lum[f])), 1e-6)))
+    return overall, (0.0 if weakest == float("inf") else weakest)
+
+
+def _sky_dipole(lum, dirs) -> tuple[float, np.ndarray]:
+    """How lopsided the sky is, and towards which azimuth: the median radiance of twelve
+    30-deg sectors between 8 and 70 deg of elevation (medians: buildings in front of the
+    sky barely move them) summed as vectors, over their sum."""
+    lat = np.degrees(np.arcsin(np.clip(dirs[..., 2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(dirs[..., 1], dirs[..., 0]))
+    band = (lat > 8.0) & (lat < 70.0)
+    sector = np.floor((lon + 180.0) / 30.0).astype(np.int64) % 12
+    meds = np.array([np.median(lum[band & (sector == k)]) for k in range(12)])
+    phi = np.radians(-165.0 + 30.0 * np.arange(12))
+    vec = np.array([(meds * np.cos(phi)).sum(), (meds * np.sin(phi)).sum(), 0.0])
+    total = max(float(meds.sum()), 1e-12)
+    return float(np.hypot(vec[0], vec[1])) / total, vec
 
 
 def _azimuth_gap_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -535,34 +562,27 @@ def _find_sun(lum, clipped, dirs, omega, px_deg):
         blob = _flood(seed, cand)
         remaining &= ~blob
         blobs.append(_describe_blob(blob, lum, 1.0, dirs, omega, px_deg))
-    # The aureole makes a clear sky brighter on the sun's side: the radiance-weighted mean
-    # direction of the sky (above 3 deg) points to the sun's azimuth; its strength tells a
-    # clear sky from an overcast one, a room or a night sky.
-    sky = dirs[..., 2] > math.sin(math.radians(3.0))
-    wsky = np.where(sky, lum * omega[:, None], 0.0)
-    total = float(wsky.sum())
-    dipole = (wsky[..., None] * dirs).sum(axis=(0, 1)) / max(total, 1e-12)
-    dipole_h = float(np.hypot(dipole[0], dipole[1]))
-    if dipole_h < SUN_MIN_DIPOLE:
-        return None, blobs, depth
+    dipole_h, dipole = _sky_dipole(lum, dirs)
     best = None
     for b in blobs:
-        b.slope = _aureole_ratio(lum, clipped, dirs, b)
-        centre = dirs[b.mask].mean(axis=0)
-        b.rms = _azimuth_gap_deg(centre, dipole)
+        b.slope, weakest = _aureole_ratio(lum, clipped, dirs, b)
+        b.rms = _azimuth_gap_deg(b.centre, dipole)
         tiny = b.radius_deg < 1.5  # the bare disc: no clipped aureole to judge its edge by
         if b.radius_deg > 40.0 or b.slope < SUN_MIN_AUREOLE:
             continue
         if not tiny and b.ring < SUN_MIN_RING:
             continue
-        # A bare disc (or a stray bright pixel) must sit on the sky's bright side.
-        if tiny and (dipole_h < SUN_TINY_DIPOLE or b.rms > SUN_TINY_GAP_DEG):
+        # A bare disc (or a stray bright pixel) must be ringed by its aureole on all sides
+        # (a lit patch on a wall brightens towards its lamp only): clearly, or somewhat
+        # when the sky also leans towards it.
+        strong = dipole_h >= SUN_STRONG_DIPOLE
+        leaning = strong and b.rms <= SUN_TINY_GAP_DEG
+        if tiny and weakest < (SUN_TINY_AUREOLE_LEANING if leaning else SUN_TINY_AUREOLE):
             continue
         # A clearly lopsided sky vetoes blobs on its dark side (sunlit walls face away
         # from the sun) and, on its bright side, the strongest aureole wins (the disc over
         # a clipped strip of horizon glow under it); a sky that is not lopsided has a low
         # sun, whose clipped aureole is the widest blob.
-        strong = dipole_h >= SUN_STRONG_DIPOLE
         if strong and b.rms > SUN_MAX_DIPOLE_DEG:
             continue
         if best is None or (b.slope > best.slope if strong else b.radius_deg > best.radius_deg):
