@@ -239,3 +239,11 @@ def test_cli_hdr_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
         assert not out.exists() or list(out.iterdir()) == [], name
     assert cli.main(["hdr", str(src / "not21.png"), "--out", str(out / "x.png")]) == 2
     assert "must end in .exr" in capsys.readouterr().err
+
+
+def test_cli_hdr_refuses_bad_exposure(tmp_path, capsys):
+    png = tmp_path / "pano.png"
+    Image.fromarray(to_ldr8(clear_sky(32))).save(png)
+    assert cli.main(["hdr", str(png), "--exposure", "0", "--out", str(tmp_path / "o.exr")]) == 2
+    assert "exposure must be a positive number" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pano.png"]
