@@ -3,6 +3,7 @@
     spherediff generate --prompt "a misty pine forest at dawn" --size 2K --out forest.png
     spherediff generate --model Lightricks/LTX-Video --video --frames 49 --fps 24 \
         --prompt "waves rolling onto a beach" --out beach.mp4
+    spherediff hdr panorama.png --out panorama.exr
     spherediff worker [--job JOB.json] [--hello]
     spherediff --version
 
@@ -28,6 +29,7 @@ from .errors import (
     EXIT_MODEL,
     EXIT_OK,
     EXIT_OUT_OF_MEMORY,
+    BadInputError,
 )
 from .options import (
     DEFAULT_MODEL,
@@ -274,6 +276,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", "-v", action="store_true", help="library logs and tracebacks on errors"
     )
 
+    hdr = sub.add_parser(
+        "hdr",
+        help="lift an LDR panorama (PNG/JPEG) to a linear HDR OpenEXR with its sun (+ .json)",
+        description=(
+            "Lift an 8- or 16-bit sRGB equirectangular panorama (2:1, from this project or "
+            "any other tool) to scene-referred linear HDR: writes OUTPUT.exr (half float, "
+            "sun included) and OUTPUT.json (the hdr block: exposure, method, sun)."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    hdr.add_argument("input", metavar="INPUT", help="the LDR panorama (PNG or JPEG, RGB, 2:1)")
+    hdr.add_argument(
+        "--out", "--output", "-o", dest="output", help="the EXR to write (default: INPUT.exr)"
+    )
+    hdr.add_argument(
+        "--exposure",
+        type=float,
+        default=1.0,
+        help="scale of the linear values (default 1: unclipped pixels keep their display value)",
+    )
+    hdr.add_argument("--quiet", "-q", action="store_true", help="no summary line")
+
     wrk = sub.add_parser(
         "worker",
         help="run the engine worker (JSON-lines protocol, used by the Blender add-on)",
@@ -361,6 +386,41 @@ def _generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _hdr(args: argparse.Namespace) -> int:
+    """``spherediff hdr``: everything is checked before anything is written."""
+    from pathlib import Path
+
+    from .errors import SphereDiffError
+    from .exr import read_ldr_panorama, write_hdr_outputs
+    from .hdr import lift_to_hdr
+
+    out = Path(args.output) if args.output else Path(args.input).with_suffix(".exr")
+    try:
+        if out.suffix.lower() != ".exr":
+            raise BadInputError(f"--out {str(out)!r} must end in .exr")
+        if Path(args.input).expanduser().absolute() == out.expanduser().absolute():
+            raise BadInputError(f"--out {str(out)!r} would overwrite the input")
+        result = lift_to_hdr(read_ldr_panorama(args.input), exposure=args.exposure)
+        paths = write_hdr_outputs(result, out, source=args.input)
+    except SphereDiffError as exc:
+        where = "" if args.input in str(exc) else f"input {args.input!r}: "
+        sys.stderr.write(f"spherediff: error: {where}{exc}\n")
+        return exc.exit_code
+    except OSError as exc:
+        sys.stderr.write(f"spherediff: error: cannot write {str(out)!r}: {exc}\n")
+        return EXIT_INTERNAL
+    if not args.quiet:
+        sun = result.sun
+        what = (
+            f"sun at azimuth {sun.azimuth_deg:.1f} deg, elevation {sun.elevation_deg:.1f} deg, "
+            f"{sun.strength:.3g} W/m^2"
+            if sun.visible
+            else "no sun"
+        )
+        print(f"wrote {paths.exr} ({what}); {paths.sidecar.name}", flush=True)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """``spherediff``'s entry point; returns the exit code.
 
@@ -386,6 +446,8 @@ def _main(argv: list[str]) -> int:
         return EXIT_OK
     if args.command == "generate":
         return _generate(args)
+    if args.command == "hdr":
+        return _hdr(args)
     parser.print_help(sys.stderr)
     return EXIT_BAD_INPUT
 
