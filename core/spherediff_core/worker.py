@@ -36,7 +36,10 @@ from .options import GenerationOptions, OptionsError
 __all__ = ["JOB_KEYS", "PROTOCOL_VERSION", "EventWriter", "main", "parse_job"]
 
 PROTOCOL_VERSION = 1
-JOB_KEYS = ("protocol", "options", "plan_cache_dir")
+JOB_KEYS = ("protocol", "options", "plan_cache_dir", "client")
+CLIENTS = ("worker", "blender")
+"""Who sends the job (``client``): messages give advice in its words (e.g. where to choose
+a local model folder)."""
 
 logger = logging.getLogger("spherediff.worker")
 
@@ -188,6 +191,9 @@ def parse_job(data: Any) -> tuple[GenerationOptions, str | None]:
         not isinstance(plan_cache_dir, str) or not plan_cache_dir.strip()
     ):
         raise BadInputError(f"plan_cache_dir: {plan_cache_dir!r} must be a folder path or null")
+    client = data.get("client", "worker")
+    if client not in CLIENTS:
+        raise BadInputError(f"client: {client!r} is unknown; use one of {', '.join(CLIENTS)}")
     from .runner import check_options
 
     options = GenerationOptions.from_dict(data["options"])
@@ -217,6 +223,11 @@ def _read_job(args: argparse.Namespace, stdin: _LineReader) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise BadInputError(f"the job from {source} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # e.g. [[[[...]]]] thousands deep
+        raise BadInputError(
+            f"the job from {source} is nested too deeply to be read; a job is a flat JSON "
+            "object of options"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------
@@ -296,6 +307,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         token, on_first=lambda name: logger.info("%s received: cancelling", name)
     )
     args_error = None
+    client = "worker"
     try:
         args = build_parser(prog or "python -m spherediff_core.worker").parse_args(argv)
     except _ArgumentError as exc:
@@ -318,6 +330,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         threading.Thread(
             target=_watch_stdin, args=(stdin, token), name="stdin-cancel", daemon=True
         ).start()
+        if isinstance(data, dict) and data.get("client") in CLIENTS:
+            client = data["client"]
         try:
             options, plan_cache_dir = parse_job(data)
         except OptionsError as exc:
@@ -353,7 +367,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        report = describe_error(exc, token.reason)
+        report = describe_error(exc, token.reason, client)
         if report.code == "internal":
             logger.error("%s\n%s", report.message, report.traceback)
         else:
