@@ -36,10 +36,12 @@ from .options import GenerationOptions, OptionsError
 __all__ = ["JOB_KEYS", "PROTOCOL_VERSION", "EventWriter", "main", "parse_job"]
 
 PROTOCOL_VERSION = 1
-JOB_KEYS = ("protocol", "options", "plan_cache_dir", "client")
+JOB_KEYS = ("protocol", "options", "plan_cache_dir")
+CLIENT_ENV = "SPHEREDIFF_CLIENT"
+"""Who started the worker ("blender" from the add-on; "worker" when unset): messages give
+advice in its words (where to choose a local model folder). An environment variable, not
+a job field, so that an add-on can tell any engine version: an older one ignores it."""
 CLIENTS = ("worker", "blender")
-"""Who sends the job (``client``): messages give advice in its words (e.g. where to choose
-a local model folder)."""
 
 logger = logging.getLogger("spherediff.worker")
 
@@ -191,9 +193,6 @@ def parse_job(data: Any) -> tuple[GenerationOptions, str | None]:
         not isinstance(plan_cache_dir, str) or not plan_cache_dir.strip()
     ):
         raise BadInputError(f"plan_cache_dir: {plan_cache_dir!r} must be a folder path or null")
-    client = data.get("client", "worker")
-    if client not in CLIENTS:
-        raise BadInputError(f"client: {client!r} is unknown; use one of {', '.join(CLIENTS)}")
     from .runner import check_options
 
     options = GenerationOptions.from_dict(data["options"])
@@ -307,7 +306,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         token, on_first=lambda name: logger.info("%s received: cancelling", name)
     )
     args_error = None
-    client = "worker"
+    client = os.environ.get(CLIENT_ENV, "worker")
+    if client not in CLIENTS:
+        logger.warning("ignoring %s=%.40r: expected one of %s", CLIENT_ENV, client, CLIENTS)
+        client = "worker"
     try:
         args = build_parser(prog or "python -m spherediff_core.worker").parse_args(argv)
     except _ArgumentError as exc:
@@ -330,8 +332,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         threading.Thread(
             target=_watch_stdin, args=(stdin, token), name="stdin-cancel", daemon=True
         ).start()
-        if isinstance(data, dict) and data.get("client") in CLIENTS:
-            client = data["client"]
         try:
             options, plan_cache_dir = parse_job(data)
         except OptionsError as exc:
