@@ -361,9 +361,6 @@ def describe_error(exc: BaseException, cancel_reason: str = "", client: str = "c
         return ErrorReport("cancelled", EXIT_CANCELLED, msg, tb)
     if isinstance(exc, SphereDiffError):
         return ErrorReport(exc.code, exc.exit_code, exc.message_for(client), tb)
-    if isinstance(exc, RecursionError):
-        msg = "the input is nested too deeply to be read; send a flat JSON job"
-        return ErrorReport("bad_input", EXIT_BAD_INPUT, msg, tb)
     if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
         msg = describe_os_error(exc, "file system error at")
         return ErrorReport("output_error", EXIT_OUTPUT, msg, tb)

@@ -212,6 +212,32 @@ def test_unreachable_hub_fails_at_the_first_refusal(engine_env, tmp_path):
     assert not out.parent.exists()
 
 
+def test_unreachable_hub_with_the_model_cached_goes_on_offline(engine_env, tiny_sd15, tmp_path):
+    """The model in the Hugging Face cache, the Hub not switched off but unreachable: one
+    failed request, one warning, then the cached model is used without further tries."""
+    env = {**engine_env, "HF_HOME": str(tmp_path / "hf")}
+    repo = Path(env["HF_HOME"]) / "hub" / "models--someone--tiny-sd15"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_sd15, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    out = tmp_path / "out" / "pano.png"
+    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "spherediff_core.cli", *args_for("someone/tiny-sd15", out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "cannot be reached" in ln]
+    assert len(warnings) == 1 and "using the cached copy" in warnings[0], proc.stderr
+    assert "Retry" not in proc.stderr and "thrown while requesting" not in proc.stderr
+    assert out.is_file()
+
+
 def test_missing_model_offline_says_hf_download(engine_env, tmp_path):
     r = run_refused(
         ["generate", "--prompt", "a quiet harbour", "--offline", "--out", str(tmp_path / "p.png")],
@@ -307,8 +333,12 @@ def test_the_addon_tells_the_worker_it_is_blender():
     path = REPO / "spherediff_blender" / "worker_client.py"
     spec = importlib.util.spec_from_file_location("_worker_client_under_test", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.worker_env(base={})["SPHEREDIFF_CLIENT"] == "blender"
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        assert module.worker_env(base={})["SPHEREDIFF_CLIENT"] == "blender"
+    finally:
+        del sys.modules[spec.name]
 
 
 def test_no_project_text_advises_huggingface_cli():
