@@ -47,7 +47,7 @@ PY
 
 The model '$MODEL' is not in the Hugging Face cache and the Hub cannot be reached.
 Either fetch it on a machine with internet access and copy the cache over:
-    huggingface-cli download $MODEL
+    hf download $MODEL
     (then copy ~/.cache/huggingface to this machine, or set HF_HOME to where it is)
 or pass a local diffusers model folder (one with model_index.json):
     bash scripts/make_world.sh --model /path/to/model-folder

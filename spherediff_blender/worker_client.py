@@ -63,6 +63,7 @@ def worker_env(offline: bool = False, base: dict[str, str] | None = None) -> dic
         env.pop(key, None)
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env["SPHEREDIFF_CLIENT"] = "blender"  # the engine's advice in Blender's words
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return env

@@ -29,6 +29,7 @@ from .errors import (
     EXIT_MODEL,
     EXIT_OK,
     EXIT_OUT_OF_MEMORY,
+    EXIT_OUTPUT,
     BadInputError,
 )
 from .options import (
@@ -48,10 +49,13 @@ exit codes:
        written
   {EXIT_INTERNAL:<4} internal error (a bug; run with --verbose for the traceback)
   {EXIT_BAD_INPUT:<4} bad input: an option is invalid; nothing was loaded or written
-  {EXIT_MODEL:<4} model not found (not a local folder, not cached, Hub unreachable), or a
-       model family SphereDiff cannot drive
+  {EXIT_MODEL:<4} model not found (not a local folder, not cached, Hub unreachable), a
+       model family SphereDiff cannot drive, or a model folder that is damaged or holds
+       custom code or pickle weights (the message names the file)
   {EXIT_OUT_OF_MEMORY:<4} out of memory: lower --view-batch-size, add --cpu-offload and
        --vae-tiling, or choose a smaller --size
+  {EXIT_OUTPUT:<4} the output could not be written (disk full, read-only folder, no
+       permission, name too long); the message names the path
   {EXIT_CANCELLED:<4} cancelled (Ctrl-C, SIGTERM); partial outputs were removed
 """
 
@@ -321,7 +325,6 @@ def _options_from_args(args: argparse.Namespace) -> GenerationOptions:
 def _generate(args: argparse.Namespace) -> int:
     from .runner import (
         CancelToken,
-        apply_thread_setting,
         check_options,
         describe_error,
         generate,
@@ -351,7 +354,8 @@ def _generate(args: argparse.Namespace) -> int:
     prepare_environment(options.offline)
     progress = ProgressPrinter(err, quiet=args.quiet)
     try:
-        apply_thread_setting()
+        # (generate() applies the thread setting once the request passed its checks:
+        # torch is not imported before, so a refusal comes in well under 2 s.)
         outcome = generate(
             options,
             on_progress=progress,

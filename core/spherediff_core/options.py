@@ -36,6 +36,8 @@ MAX_SEED = 2**63 - 1
 MAX_FRAMES = 1025
 MAX_FPS = 240
 VIDEO_SUFFIXES = (".png", ".mp4")
+OUTPUT_NAME_RESERVE = 16
+"""Characters the outputs add to a name for their temporary files (".<name>.<8 hex>.tmp")."""
 
 
 class OptionsError(ValueError):
@@ -119,6 +121,8 @@ class GenerationOptions:
             not isinstance(self.revision, str) or not self.revision.strip()
         ):
             raise OptionsError("revision", f"{self.revision!r} must be a non-empty string or null")
+        if self.revision is not None:
+            _check_no_nul("revision", self.revision)
         # Sampling schedule
         if self.steps is not None:
             _check_int("steps", self.steps, 1, MAX_STEPS)
@@ -167,6 +171,7 @@ class GenerationOptions:
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(name, f"{getattr(self, name)!r} must be true or false")
         # Files
+        _check_name_length("output", self.output, self.video)
         _check_output(self.output, self.video)
         if self.cache_dir is not None:
             if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
@@ -208,11 +213,87 @@ def _check_text(name: str, value: Any, *, required: bool, allow_empty: bool = Fa
         )
     if "\x00" in value:
         raise OptionsError(name, "contains a NUL character")
+    _check_unicode(name, value)
 
 
 def _check_no_nul(name: str, value: str) -> None:
     if "\x00" in value:
         raise OptionsError(name, f"{value!r} contains a NUL character")
+    _check_unicode(name, value)
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """Refuse text that is not valid Unicode (it would fail in a tokenizer or a file
+    name only after the model loaded).
+
+    A lone surrogate (U+D800..U+DFFF) comes from a JSON job's "\\ud83d" escape without
+    its pair; one in U+DC80..U+DCFF is how Python carries a byte that is not UTF-8 in a
+    command-line argument or a file name.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        if "\udc80" <= char <= "\udcff":
+            why = (
+                f"byte 0x{ord(char) - 0xDC00:02x} at position {exc.start} is not UTF-8; "
+                "give the text (or the file name) in UTF-8"
+            )
+        else:
+            why = (
+                f"U+{ord(char):04X} at position {exc.start} is a lone surrogate, not a "
+                "character; send valid Unicode (a JSON \\u escape of an emoji needs both "
+                "halves of its pair)"
+            )
+        raise OptionsError(name, f"is not valid text: {why}") from None
+
+
+def _check_name_length(name: str, value: str, video: bool) -> None:
+    """The output's names must fit the file system: refused here, not after the whole
+    generation. The outputs derive names from it (``<stem>.json``, a video's
+    ``<stem>_frames``) and write each first under a temporary name that adds up to
+    OUTPUT_NAME_RESERVE characters. (Before _check_output: probing a name that is too long
+    raises.)"""
+    if not isinstance(value, str) or "\x00" in value:
+        return  # _check_output refuses it
+    path = Path(value).expanduser()
+    limit = _name_max(path.parent)
+    unit = "characters" if os.name == "nt" else "bytes"
+    for part in path.parent.parts:
+        if _name_size(part) > limit:
+            raise OptionsError(
+                name,
+                f"the folder name {part[:40]!r}... is {_name_size(part)} {unit} long; the "
+                f"file system takes at most {limit}: choose a shorter name",
+            )
+    derived = [path.name, f"{path.stem}.json"] + ([f"{path.stem}_frames"] if video else [])
+    longest = max(_name_size(n) for n in derived)
+    excess = longest + OUTPUT_NAME_RESERVE - limit
+    if excess > 0:
+        raise OptionsError(
+            name,
+            f"the file name {path.name[:40]!r}... is too long for the file system: the names "
+            f"made from it need {longest + OUTPUT_NAME_RESERVE} {unit} with their temporary "
+            f"forms, and at most {limit} fit; shorten it by {excess} {unit}",
+        )
+
+
+def _name_size(part: str) -> int:
+    """A name's length as the file system counts it (UTF-16 units on Windows)."""
+    if os.name == "nt":
+        return len(part.encode("utf-16-le", "surrogatepass")) // 2
+    return len(os.fsencode(part))
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the folder's file system takes (255 where unknown)."""
+    probe = folder
+    try:
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        return int(os.pathconf(probe, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):  # Windows has no pathconf
+        return 255
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

@@ -15,10 +15,8 @@ frames at once (the view's projection is computed once per view).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,14 +26,8 @@ from typing import Any
 import torch
 
 from . import geometry
-from .adapters import ADAPTERS, adapter_class_for, supported_families_text
-from .adapters.base import (
-    ModelAdapter,
-    PromptEmbedding,
-    ceil_to_multiple,
-    frames_rule,
-    nearest_valid_frames,
-)
+from .adapters import ADAPTERS, adapter_class_for
+from .adapters.base import ModelAdapter, PromptEmbedding, ceil_to_multiple
 from .denoise import (
     DenoiseProgress,
     GenerationCancelled,
@@ -46,13 +38,16 @@ from .denoise import (
 from .erp import ErpCanvas
 from .errors import (
     BadInputError,
+    BrokenModelError,
     CancelledError,
     ModelNotFoundError,
     OutOfMemoryError,
     UnsupportedModelError,
 )
+from .families import check_video_request
 from .fusion import gather_views
-from .options import MAX_FRAMES, GenerationOptions, OptionsError
+from .modelcheck import check_component_classes, check_model_folder, read_model_index
+from .options import GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
 from .progress import Progress
 
@@ -147,46 +142,6 @@ def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Reques
     return Request(steps, guidance, do_cfg, True, frames, fps, latent_frames)
 
 
-def check_video_request(
-    options: GenerationOptions, adapter: ModelAdapter | type[ModelAdapter]
-) -> tuple[int, int, int] | None:
-    """(frames, fps, latent frames) of a video request, None for a still; or OptionsError.
-
-    A video model makes videos only and an image model stills only: ``video`` must match
-    (OptionsError on ``video`` otherwise). A frame count the model's VAE cannot make is
-    refused on ``frames`` with the nearest valid counts. Works on an adapter class (its
-    class defaults: a check before the model loads) or a loaded adapter (its VAE's real
-    temporal compression).
-    """
-    name = adapter.display_name or adapter.family
-    if options.video and not adapter.is_video:
-        video_models = ", ".join(a.display_name or a.family for a in ADAPTERS if a.is_video)
-        raise OptionsError(
-            "video",
-            f"true, but {name} is an image model and makes stills only; turn video off, or "
-            f"choose a video model ({video_models})",
-        )
-    if not options.video and adapter.is_video:
-        raise OptionsError(
-            "video",
-            f"false, but {name} is a video model; turn video on (--video) for a 360° video, "
-            "or choose an image model for a still",
-        )
-    if not options.video:
-        return None
-    frames = options.frames if options.frames is not None else adapter.default_frames
-    fps = options.fps if options.fps is not None else adapter.default_fps
-    compression = int(adapter.temporal_compression)
-    if (frames - 1) % compression:
-        near = nearest_valid_frames(frames, compression, 1, MAX_FRAMES)
-        raise OptionsError(
-            "frames",
-            f"{frames} is not valid for {name} ({frames_rule(compression)}); "
-            f"use {' or '.join(str(n) for n in near)}",
-        )
-    return frames, int(fps or 24), (frames - 1) // compression + 1
-
-
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda, then mps, then cpu; an explicit device must be available."""
     if device == "auto":
@@ -196,14 +151,16 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelNotFoundError(
-            f"device {device!r} was asked for but this PyTorch sees no CUDA GPU "
+        raise BadInputError(
+            f"device: {device!r} was asked for but this PyTorch sees no CUDA GPU "
             f"(torch {torch.__version__}); use device 'auto' or 'cpu', or install a CUDA build"
         )
     if device == "mps" and not (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     ):
-        raise ModelNotFoundError("device 'mps' was asked for but Metal is not available here")
+        raise BadInputError(
+            "device: 'mps' was asked for but Metal is not available here; use 'auto' or 'cpu'"
+        )
     return torch.device(device)
 
 
@@ -295,51 +252,6 @@ def route_prompts(
     return out
 
 
-def read_model_index(
-    model: str, revision: str | None, offline: bool, cache_dir: str | None
-) -> dict[str, Any]:
-    """model_index.json of a local folder or a Hub repo (from the cache when offline)."""
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        index = folder / "model_index.json"
-        if not index.is_file():
-            raise UnsupportedModelError(
-                f"{model} has no model_index.json, so it is not a diffusers pipeline folder; "
-                f"SphereDiff drives {supported_families_text()}"
-            )
-        return json.loads(index.read_text(encoding="utf-8"))
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        path = hf_hub_download(
-            model,
-            "model_index.json",
-            revision=revision,
-            cache_dir=cache_dir,
-            local_files_only=offline,
-        )
-    except LocalEntryNotFoundError as exc:
-        where = cache_dir or os.environ.get("HF_HUB_CACHE") or "the Hugging Face cache"
-        why = "offline mode is on" if offline else "the Hugging Face Hub cannot be reached"
-        raise ModelNotFoundError(
-            f"model {model!r} is not in {where} and {why}. Fetch it on a machine with "
-            f"internet access (`huggingface-cli download {model}`) and copy the cache, or "
-            "pass a local diffusers model folder instead (--model /path/to/folder)."
-        ) from exc
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
-        raise ModelNotFoundError(
-            f"model {model!r} (revision {revision or 'main'}) was not found on the Hub: "
-            f"check the id, or pass a local diffusers model folder"
-        ) from exc
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
 class SphereDiffPipeline:
     """Panorama generation with one loaded model.
 
@@ -383,8 +295,16 @@ class SphereDiffPipeline:
         offline = offline or bool(hub_constants.HF_HUB_OFFLINE)
         index = read_model_index(model, revision, offline, cache_dir)
         adapter_cls = adapter_class_for(index, model)
+        if Path(model).expanduser().is_dir():
+            skip = tuple(k for k, v in adapter_cls.load_kwargs.items() if v is None)
+            check_model_folder(model, index, skip)
         torch_device = resolve_device(device)
         dtype = resolve_dtype(precision, torch_device, adapter_cls.preferred_half)
+        import transformers
+
+        check_component_classes(
+            index, model, {"diffusers": diffusers, "transformers": transformers}
+        )
         pipeline_cls = getattr(diffusers, index["_class_name"])
         # Newer diffusers renamed torch_dtype to dtype (and warn on the old name).
         from diffusers.pipelines import pipeline_utils
@@ -400,11 +320,8 @@ class SphereDiffPipeline:
                 cache_dir=cache_dir,
                 **adapter_cls.load_kwargs,
             )
-        except OSError as exc:
-            raise ModelNotFoundError(
-                f"could not load {model!r}: {exc}. With the Hub unreachable, pass a local "
-                "folder or fetch the model first (`huggingface-cli download ...`)."
-            ) from exc
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise _load_error(model, exc) from exc
         adapter = adapter_cls(pipe, torch_device, dtype)
         adapter.apply_memory_options(cpu_offload, vae_tiling, vae_slicing)
         return cls(adapter, source=model, revision=revision, plan_cache_dir=plan_cache_dir)
@@ -502,6 +419,16 @@ class SphereDiffPipeline:
             timings["denoiser"] += time.perf_counter() - t
             return out
 
+        # The count shown is the scheduler's real number of denoiser evaluations. A
+        # multistep solver that warms up (PNDM, the SD 1.x default, evaluates its first
+        # timestep twice) makes more than the steps asked for: say so, not just "3/3".
+        extra_evals = len(scheduler.timesteps) - request.steps
+        warm_up = ""
+        if extra_evals > 0:
+            warm_up = (
+                f" ({request.steps} steps + {extra_evals} warm-up of {type(scheduler).__name__})"
+            )
+
         def on_denoise(p: DenoiseProgress) -> None:
             if callback is not None:
                 done = (p.step - 1) * p.total_batches + p.batch
@@ -511,7 +438,7 @@ class SphereDiffPipeline:
                         done,
                         p.total_steps * p.total_batches,
                         p.eta_s,
-                        f"step {p.step}/{p.total_steps}",
+                        f"step {p.step}/{p.total_steps}{warm_up}",
                     )
                 )
 
@@ -656,6 +583,44 @@ class _Run:
     timings: dict[str, float]
     callback: Callable[[Progress], None] | None
     should_cancel: Callable[[], bool] | None
+
+
+def _load_error(model: str, exc: BaseException) -> Exception:
+    """What went wrong loading ``model`` with diffusers, said for a folder or a Hub id.
+
+    (model_index.json, the components and the weights of a local folder were checked before
+    diffusers was imported: see modelcheck.check_model_folder; this is what is left.)
+    """
+    if isinstance(exc, torch.OutOfMemoryError):
+        return _oom_loading()
+    text = str(exc)
+    if "trust_remote_code" in text:
+        return UnsupportedModelError(
+            f"{model} needs custom code to load, which SphereDiff never runs; use a standard "
+            "diffusers pipeline folder of a supported model"
+        )
+    if Path(model).expanduser().is_dir():
+        return BrokenModelError(
+            f"the model folder {model} could not be loaded: {text}. The folder is incomplete "
+            "or damaged: copy or download the model again"
+        )
+    if isinstance(exc, OSError):
+        return ModelNotFoundError(
+            f"could not load {model!r}: {text}. Fetch the whole model on a machine with "
+            f"internet access (`hf download {model}`) and copy the cache.",
+            local_hint=True,
+        )
+    return BrokenModelError(
+        f"the model {model!r} could not be loaded: {text}. Its files in the Hugging Face "
+        f"cache may be incomplete: fetch it again (`hf download {model}`)"
+    )
+
+
+def _oom_loading() -> OutOfMemoryError:
+    return OutOfMemoryError(
+        "the computer ran out of memory loading the model; close other programs, or choose "
+        "a smaller model"
+    )
 
 
 def _frames_as_channels(images: torch.Tensor, frames: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ before every view batch (and before every frame written).
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
 import os
 import platform
@@ -34,8 +34,10 @@ from .errors import (
     EXIT_CANCELLED,
     EXIT_INTERNAL,
     EXIT_OUT_OF_MEMORY,
+    EXIT_OUTPUT,
     BadInputError,
     CancelledError,
+    OutputError,
     SphereDiffError,
     UnsupportedModelError,
 )
@@ -46,11 +48,13 @@ __all__ = [
     "THREADS_ENV",
     "CancelToken",
     "ErrorReport",
+    "ModelCheck",
     "Outcome",
     "ProgressEvent",
     "apply_thread_setting",
     "check_options",
     "describe_error",
+    "describe_os_error",
     "device_summary",
     "generate",
     "install_cancel_signals",
@@ -137,7 +141,15 @@ def apply_thread_setting() -> None:
 
 
 def device_summary() -> tuple[str | None, list[str]]:
-    """The device 'auto' picks and the devices this PyTorch sees; (None, []) without torch."""
+    """The device 'auto' picks and the devices this PyTorch sees; (None, []) without torch.
+
+    A CPU-only build of torch (read from its version file) off macOS sees only the CPU:
+    torch is then not imported, so the worker's hello and a refusal stay quick.
+    """
+    from .modelcheck import torch_build_has_gpu
+
+    if sys.platform != "darwin" and torch_build_has_gpu() is False:
+        return "cpu", ["cpu"]
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - hello must report, not crash
@@ -297,8 +309,49 @@ def _is_torch_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def describe_error(exc: BaseException, cancel_reason: str = "") -> ErrorReport:
-    """Map an exception to its stable code, exit code and an actionable message."""
+_OS_ERROR_FIXES = {
+    getattr(errno, name): fix
+    for name, fix in (
+        ("ENOSPC", "the disk is full: free some space or choose another folder"),
+        ("EDQUOT", "the disk quota is used up: free some space or choose another folder"),
+        ("EROFS", "the file system is read-only: choose a folder you can write to"),
+        ("EACCES", "permission denied: choose a folder you can write to"),
+        ("EPERM", "not permitted: choose a folder you can write to"),
+        ("ENAMETOOLONG", "the name is too long for the file system: choose a shorter name"),
+        ("EIO", "the disk reported an input/output error: check it or choose another folder"),
+        ("EMFILE", "too many open files: close other programs and try again"),
+        ("EISDIR", "a folder is in the way: remove it or choose another name"),
+        ("ENOTDIR", "a file is in the way where a folder is needed: choose another path"),
+        ("ENOENT", "the folder vanished or cannot hold files: choose another folder"),
+        ("EEXIST", "something is in the way: remove it or choose another name"),
+    )
+    if hasattr(errno, name)
+}
+"""What the user can do about an OSError, by errno."""
+
+_ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG", "EIO", "EMFILE")
+    if hasattr(errno, name)
+)
+"""OSErrors that are the computer's state, not a bug, wherever they happen."""
+
+
+def describe_os_error(exc: OSError, action: str = "could not write", path: str = "") -> str:
+    """A plain message for an OSError: what failed, the path, why, and the fix.
+
+    ``path`` is used when the error names no file.
+    """
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    where = str(paths[-1]) if paths else path
+    fix = _OS_ERROR_FIXES.get(exc.errno or 0, "check the folder and try again")
+    why = exc.strerror or str(exc) or type(exc).__name__
+    return f"{action} {where!r}: {why}; {fix}" if where else f"{action}: {why}; {fix}"
+
+
+def describe_error(exc: BaseException, cancel_reason: str = "", client: str = "cli") -> ErrorReport:
+    """Map an exception to its stable code, exit code and an actionable message
+    (worded for ``client``: cli, worker or blender)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, OptionsError):
         return ErrorReport("bad_input", EXIT_BAD_INPUT, str(exc), tb)
@@ -307,7 +360,10 @@ def describe_error(exc: BaseException, cancel_reason: str = "") -> ErrorReport:
         msg = f"cancelled by the user{how}; partial outputs were removed"
         return ErrorReport("cancelled", EXIT_CANCELLED, msg, tb)
     if isinstance(exc, SphereDiffError):
-        return ErrorReport(exc.code, exc.exit_code, str(exc), tb)
+        return ErrorReport(exc.code, exc.exit_code, exc.message_for(client), tb)
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        msg = describe_os_error(exc, "file system error at")
+        return ErrorReport("output_error", EXIT_OUTPUT, msg, tb)
     if _is_torch_oom(exc):
         msg = (
             "the device ran out of memory; lower the view batch size, turn on model CPU "
@@ -374,30 +430,92 @@ def check_options(options: GenerationOptions) -> GenerationOptions:
         raise BadInputError(f"options: could not be checked ({type(exc).__name__}: {exc})") from exc
 
 
-def precheck_model(model: str, options: GenerationOptions | None = None) -> None:
-    """For a local folder: refuse a family SphereDiff cannot drive before loading anything.
+@dataclass(frozen=True)
+class ModelCheck:
+    """What :func:`precheck_model` found: the model's family and whether the run must stay
+    off the Hub (offline mode, or the Hub unreachable with the model cached)."""
 
-    With ``options``, also refuse what the family cannot make (a video from an image model,
-    a still from a video model, a frame count its VAE cannot take).
+    family: Any
+    offline: bool = False
+
+
+def precheck_model(model: str, options: GenerationOptions | None = None) -> ModelCheck:
+    """Refuse what cannot work before torch or diffusers is imported (well under 2 s).
+
+    Reads model_index.json (a local folder, the Hugging Face cache, or the Hub with one
+    request and no retries: see modelcheck.probe_hub), refuses a family SphereDiff cannot
+    drive and, for a local folder, says what is wrong with it (modelcheck.check_model_folder).
+    With ``options``, also refuses what the family cannot make (a video from an image
+    model, a still from a video model, a frame count its VAE cannot take, too few steps).
     """
+    from . import modelcheck
+    from .families import check_steps, check_video_request
+
+    _route_hub_logs()
+    revision = options.revision if options is not None else None
+    cache_dir = options.cache_dir if options is not None else None
+    offline = bool(options is not None and options.offline) or _hub_offline()
     folder = Path(model).expanduser()
-    if not folder.is_dir():
-        return  # a Hub id; the pipeline reads its model_index.json (cache or Hub)
-    from .adapters import adapter_class_for, supported_families_text
-
-    index_path = folder / "model_index.json"
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UnsupportedModelError(
-            f"{model}: model_index.json cannot be read ({exc}); point at a diffusers "
-            f"pipeline folder of {supported_families_text()}"
-        ) from exc
-    adapter = adapter_class_for(index, model)
+    hub_offline = False
+    if not folder.is_dir() and not offline:
+        hub_offline = modelcheck.probe_hub(model, revision, cache_dir).offline
+    index = modelcheck.read_model_index(model, revision, offline or hub_offline, cache_dir)
+    family = _family_of(index, model)
+    if folder.is_dir():
+        modelcheck.check_model_folder(model, index, family.skipped_components)
     if options is not None:
-        from .pipeline import check_video_request
+        check_steps(options, family)
+        check_video_request(options, family)
+    return ModelCheck(family, offline=hub_offline)
 
-        check_video_request(options, adapter)
+
+def _route_hub_logs() -> None:
+    """huggingface_hub gives its logger a handler of its own and lets records propagate
+    too, so with the root logger configured (the command, the worker) every warning is
+    printed twice: keep only the root's."""
+    if not logging.getLogger().handlers:
+        return
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_root = hub_logging.get_logger()
+    for handler in list(hub_root.handlers):
+        if type(handler) is logging.StreamHandler:
+            hub_root.removeHandler(handler)
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _family_of(index: dict[str, Any], model: str) -> Any:
+    from .families import facts_for_class, supported_families_text
+
+    class_name = index.get("_class_name")
+    if isinstance(class_name, list | tuple):
+        raise UnsupportedModelError(
+            f"{model}: model_index.json asks for a custom pipeline ({class_name!r}); "
+            "SphereDiff never runs code from a model folder. Use a standard diffusers "
+            f"pipeline folder of {supported_families_text()}"
+        )
+    family = facts_for_class(class_name)
+    if family is None:
+        raise UnsupportedModelError(
+            f"{model} is a {class_name or 'model of unknown type'}, which SphereDiff cannot "
+            f"drive; it drives {supported_families_text()}"
+        )
+    return family
+
+
+@contextlib.contextmanager
+def _output_errors(output: str) -> Iterator[None]:
+    """OSErrors while writing the outputs are the computer's state (a full disk, a
+    read-only folder, a name too long): report them as output errors, naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, "could not write", output)) from exc
 
 
 def generate(
@@ -417,7 +535,12 @@ def generate(
 
     # Load (nothing to clean up yet, so a cancel interrupts it at once)
     report(ProgressEvent("load", 0, 1, None, f"loading {options.model}"))
-    precheck_model(options.model, options)
+    check = precheck_model(options.model, options)
+    from .modelcheck import check_device
+
+    check_device(options.device)
+    if check.offline:  # the Hub is unreachable and the model cached: no retries later
+        prepare_environment(offline=True)
     t0 = time.perf_counter()
     with token.interruptible():
         import diffusers  # noqa: F401 - imported here so its progress bars can be turned off
@@ -431,7 +554,7 @@ def generate(
             revision=options.revision,
             device=options.device,
             precision=options.precision,
-            offline=options.offline,
+            offline=options.offline or check.offline,
             cache_dir=options.cache_dir,
             cpu_offload=options.cpu_offload,
             vae_tiling=options.vae_tiling,
@@ -453,7 +576,8 @@ def generate(
     from .outputs import write_outputs
 
     report(ProgressEvent("write", 0, 1, None, "writing the PNG and its sidecar"))
-    paths = write_outputs(result, options.output, timings=timings)
+    with _output_errors(options.output):
+        paths = write_outputs(result, options.output, timings=timings)
     seconds = time.perf_counter() - t_start
     report(ProgressEvent("write", 1, 1, None, f"wrote {paths.image.name}"))
     return Outcome(
@@ -490,9 +614,10 @@ def _write_video(
         eta = elapsed * (count - i) / i
         report(ProgressEvent("write", i, total, eta, f"frame {i}/{count}"))
 
-    paths = write_video_outputs(
-        result, options.output, timings=timings, on_frame=on_frame, should_cancel=token
-    )
+    with _output_errors(options.output):
+        paths = write_video_outputs(
+            result, options.output, timings=timings, on_frame=on_frame, should_cancel=token
+        )
     seconds = time.perf_counter() - t_start
     done = f"wrote {paths.frames_dir.name} ({n} frames)"
     report(ProgressEvent("write", total, total, None, done))

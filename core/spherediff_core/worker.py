@@ -37,6 +37,11 @@ __all__ = ["JOB_KEYS", "PROTOCOL_VERSION", "EventWriter", "main", "parse_job"]
 
 PROTOCOL_VERSION = 1
 JOB_KEYS = ("protocol", "options", "plan_cache_dir")
+CLIENT_ENV = "SPHEREDIFF_CLIENT"
+"""Who started the worker ("blender" from the add-on; "worker" when unset): messages give
+advice in its words (where to choose a local model folder). An environment variable, not
+a job field, so that an add-on can tell any engine version: an older one ignores it."""
+CLIENTS = ("worker", "blender")
 
 logger = logging.getLogger("spherediff.worker")
 
@@ -217,6 +222,11 @@ def _read_job(args: argparse.Namespace, stdin: _LineReader) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise BadInputError(f"the job from {source} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:  # e.g. [[[[...]]]] thousands deep
+        raise BadInputError(
+            f"the job from {source} is nested too deeply to be read; a job is a flat JSON "
+            "object of options"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------
@@ -296,6 +306,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         token, on_first=lambda name: logger.info("%s received: cancelling", name)
     )
     args_error = None
+    client = os.environ.get(CLIENT_ENV, "worker")
+    if client not in CLIENTS:
+        logger.warning("ignoring %s=%.40r: expected one of %s", CLIENT_ENV, client, CLIENTS)
+        client = "worker"
     try:
         args = build_parser(prog or "python -m spherediff_core.worker").parse_args(argv)
     except _ArgumentError as exc:
@@ -353,7 +367,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        report = describe_error(exc, token.reason)
+        report = describe_error(exc, token.reason, client)
         if report.code == "internal":
             logger.error("%s\n%s", report.message, report.traceback)
         else:

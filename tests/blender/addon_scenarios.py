@@ -492,6 +492,7 @@ def scenario_generate(args, out: dict) -> None:
     failure("empty_prompt", prompt="")
     failure("odd_width", width=301)
     failure("missing_model_folder", custom_model=str(work / "no-such-model"))
+    failure("model_not_cached", custom_model="nobody/not-in-the-cache")
     odd_model = work / "not-a-pipeline"
     odd_model.mkdir(exist_ok=True)
     (odd_model / "model_index.json").write_text(json.dumps({"_class_name": "NotAPipeline"}))

@@ -204,6 +204,8 @@ FAILURES = {
     "odd_width": ["invalid option", "width: 301 is odd"],
     "missing_model_folder": ["invalid option", "no-such-model", "is not a folder"],
     "unsupported_model": ["NotAPipeline", "cannot drive"],
+    # The engine's advice in Blender's words (the job says client "blender"), not --model.
+    "model_not_cached": ["nobody/not-in-the-cache", "choose Custom in the Model menu"],
     "killed": ["worker was stopped by SIGKILL"],
     "cancel": ["cancelled"],
 }

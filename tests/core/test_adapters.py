@@ -355,6 +355,35 @@ def test_family_traits():
     assert not by_family["flux"].uses_cfg(by_family["flux"], 3.5)
 
 
+def test_family_facts_match_the_adapters():
+    """The facts requests are checked against before torch is imported (families.py) are
+    the adapters' own class attributes."""
+    from spherediff_core.families import FAMILIES
+
+    assert [f.family for f in FAMILIES] == [a.family for a in ADAPTERS]
+    for facts, adapter in zip(FAMILIES, ADAPTERS, strict=True):
+        for name in (
+            "pipeline_classes",
+            "display_name",
+            "min_steps",
+            "is_video",
+            "temporal_compression",
+            "default_frames",
+            "default_fps",
+        ):
+            assert getattr(facts, name) == getattr(adapter, name), (adapter.family, name)
+        skipped = tuple(k for k, v in adapter.load_kwargs.items() if v is None)
+        assert facts.skipped_components == skipped, adapter.family
+
+
+def test_every_tiny_family_folder_passes_the_folder_check(tiny_folders):
+    from spherediff_core.modelcheck import check_model_folder
+
+    for folder in tiny_folders.values():
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        check_model_folder(folder, index)
+
+
 def test_sd3_grid_larger_than_its_position_embedding_is_refused(loaded, tiny_folders, tmp_path):
     pipe = loaded("sd3")
     adapter = pipe.adapter

@@ -86,6 +86,15 @@ def test_generate_writes_png_and_sidecar(two_runs):
     assert sidecar["model"]["family"] == "sd"
 
 
+def test_progress_counts_the_schedulers_real_evaluations(two_runs):
+    """SD's PNDM evaluates its first timestep twice: --steps 2 runs 3 denoiser passes, and
+    the progress says so instead of a bare "step 1/3"."""
+    run = two_runs[0]
+    assert run.code == 0, run.stderr
+    assert "(step 3/3 (2 steps + 1 warm-up of PNDMScheduler))" in run.stderr, run.stderr
+    assert "step 4/" not in run.stderr
+
+
 def test_same_seed_gives_identical_png(two_runs):
     first, second = two_runs
     assert second.code == 0, second.stderr

@@ -79,6 +79,20 @@ BAD = [
     ("empty model", {"model": ""}, "model", "''"),
     ("empty revision", {"revision": ""}, "revision", "''"),
     ("cache dir is a file", lambda t: {"cache_dir": str(t / "afile")}, "cache_dir", "afile"),
+    # Invalid Unicode: a JSON job's lone surrogate, a command line's byte that is not UTF-8
+    # (Python carries it as U+DC80..U+DCFF); both failed in the tokenizer after loading.
+    ("lone surrogate prompt", {"prompt": "sea \ud83d"}, "prompt", "U+D83D at position 4"),
+    ("surrogate negative", {"negative_prompt": "\udfff"}, "negative_prompt", "lone surrogate"),
+    ("non-UTF-8 sky prompt", {"sky_prompt": "a\udcffb"}, "sky_prompt", "byte 0xff at position 1"),
+    ("non-UTF-8 output", lambda t: {"output": str(t / "p\udce9.png")}, "output", "byte 0xe9"),
+    ("non-UTF-8 model", {"model": "own\udc80er/name"}, "model", "byte 0x80"),
+    ("surrogate revision", {"revision": "main\ud800"}, "revision", "U+D800"),
+    (
+        "output name too long",
+        lambda t: {"output": str(t / ("p" * 250 + ".png"))},
+        "output",
+        "too long for the file system",
+    ),
 ]
 
 

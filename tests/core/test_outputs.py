@@ -305,7 +305,7 @@ def test_a_folder_that_cannot_hold_a_file_is_refused_up_front_and_at_write_time(
     with pytest.raises(OutputError) as info:
         outputs.write_outputs(make_result(tmp_path), out)
     report = describe_error(info.value)
-    assert (report.code, report.exit_code) == ("output_error", 2)
+    assert (report.code, report.exit_code) == ("output_error", 5)
     assert "spherediff-no-such-folder" in report.message and "please report" not in report.message
 
 

@@ -7,6 +7,7 @@ LTX-Video and Wan 2.1/2.2 text-to-video.
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
+from ..families import supported_families_text
 from .base import ModelAdapter, PromptEmbedding
 from .flux import FluxAdapter
 from .ltx import LTXVideoAdapter
@@ -49,11 +50,6 @@ def adapter_for_class(class_name: str) -> type[ModelAdapter] | None:
         if class_name in adapter.pipeline_classes:
             return adapter
     return None
-
-
-def supported_families_text() -> str:
-    """e.g. 'sd (StableDiffusionPipeline), sana (SanaPipeline)'."""
-    return ", ".join(f"{a.family} ({'/'.join(a.pipeline_classes)})" for a in ADAPTERS)
 
 
 def adapter_class_for(index: object, model: str) -> type[ModelAdapter]:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..denoise import DenoiserInput
+from ..families import frames_rule, nearest_valid_frames
 
 __all__ = [
     "ModelAdapter",
@@ -229,16 +230,3 @@ class ModelAdapter(ABC):
 
 def ceil_to_multiple(value: float, multiple: int) -> int:
     return int(math.ceil(value / multiple - 1e-9) * multiple)
-
-
-def frames_rule(temporal_compression: int) -> str:
-    """The frame counts a model takes, as a formula: "8k+1"."""
-    return f"{temporal_compression}k+1" if temporal_compression > 1 else "any count"
-
-
-def nearest_valid_frames(frames: int, temporal_compression: int, lo: int, hi: int) -> list[int]:
-    """The valid counts (k * compression + 1) in [lo, hi] just below and above ``frames``."""
-    c = max(1, temporal_compression)
-    below = (frames - 1) // c * c + 1
-    candidates = [below, below + c] if below != frames else [frames]
-    return [n for n in candidates if lo <= n <= hi]
