@@ -36,8 +36,9 @@ MAX_SEED = 2**63 - 1
 MAX_FRAMES = 1025
 MAX_FPS = 240
 VIDEO_SUFFIXES = (".png", ".mp4")
-OUTPUT_NAME_RESERVE = 16
-"""Characters the outputs add to a name for their temporary files (".<name>.<8 hex>.tmp")."""
+OUTPUT_NAME_RESERVE = 26
+"""Characters the outputs add to a name for their temporary files
+(placing.temp_path: ".<name>.<pid, up to 10 digits>-<8 hex>.tmp")."""
 
 
 class OptionsError(ValueError):
