@@ -106,7 +106,10 @@ def probe_folder(folder: Path) -> str:
     does not exist yet); the reason it cannot be written, or an empty string."""
     probe = nearest_existing_folder(folder)
     if not probe.is_dir():
-        return f"{str(folder)!r} cannot be created: {str(probe)!r} is not a folder"
+        return (
+            f"{str(folder)!r} cannot be created: {str(probe)!r} is a file, not a folder; "
+            "choose another folder"
+        )
     try:
         path = temp_path(probe, Path("probe"))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from . import geometry
+from .cachedirs import cache_root
 
 __all__ = [
     "PLAN_FORMAT_VERSION",
@@ -327,17 +327,8 @@ def build_plan(config: PlanConfig) -> SamplingPlan:
 
 
 def default_cache_dir() -> Path:
-    """Where plans are cached: ``$SPHEREDIFF_CACHE_DIR``, else the platform's user cache."""
-    env = os.environ.get("SPHEREDIFF_CACHE_DIR")
-    if env:
-        return Path(env) / "plans"
-    if os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-        return base / "spherediff" / "cache" / "plans"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "spherediff" / "plans"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "spherediff" / "plans"
+    """Where plans are cached: ``plans`` in the engine's cache (cachedirs.cache_root)."""
+    return cache_root() / "plans"
 
 
 def _check_state(state: dict, config: PlanConfig) -> None:

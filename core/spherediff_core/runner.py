@@ -195,6 +195,11 @@ def prepare_environment(offline: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "warning")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Importing diffusers makes torch's compile cache folder (torchinductor_<user>) in the
+    # temporary folder and leaves it there; keep it with the engine's other caches.
+    from .cachedirs import cache_root
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torchinductor"))
 
 
 def _quiet_libraries() -> None:
