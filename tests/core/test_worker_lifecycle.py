@@ -34,7 +34,14 @@ LONG_BATCH_POINTS = 20_000  # all 89 views in one denoiser call: seconds on a CP
 
 def _load_addon_module(name: str):
     """spherediff_blender.<name> without its package __init__ (that one needs bpy)."""
-    full = f"spherediff_blender_lifecycle_{name}"
+    pkg = "spherediff_blender_lifecycle"
+    if pkg not in sys.modules:
+        package = importlib.util.module_from_spec(
+            importlib.util.spec_from_loader(pkg, loader=None, is_package=True)
+        )
+        package.__path__ = [str(REPO / "spherediff_blender")]
+        sys.modules[pkg] = package
+    full = f"{pkg}.{name}"
     if full not in sys.modules:
         spec = importlib.util.spec_from_file_location(
             full, REPO / "spherediff_blender" / f"{name}.py"
@@ -340,7 +347,7 @@ def test_check_worker_and_installer_steps_never_import_the_current_folder(
     # Every step the installer plans goes through the bootstrap; run pip and the check.
     steps = installer.plan_steps(sys.executable, tmp_path / "venv", tmp_path / "e.whl")
     assert all("-m" not in step.argv[:2] for step in steps)
-    pip = steps[1].argv[: steps[1].argv.index("install")]
+    pip = [sys.executable, *steps[1].argv[1 : steps[1].argv.index("install")]]
     job = installer.InstallJob(
         [
             installer.Step("pip", [*pip, "--version"]),
