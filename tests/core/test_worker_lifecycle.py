@@ -28,7 +28,7 @@ from tests.support.engine_process import REPO, WorkerProcess
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process tests")
 
 STOP_BOUND_S = 6.0  # the worker's own deadline is 1.2 s after the request
-BIG_PLAN_POINTS = 60_000  # a plan build of tens of seconds here (no event meanwhile)
+BIG_PLAN_POINTS = 400_000  # a plan build of minutes (and no event meanwhile)
 LONG_BATCH_POINTS = 20_000  # all 89 views in one denoiser call: seconds on a CPU
 
 
@@ -196,9 +196,9 @@ def test_closed_stdin_with_parent_pid_stops_a_running_job(engine_env, tiny_sd15,
             proc.close_stdin()
             t0 = time.monotonic()
     code = proc.wait(60)
+    assert t0 is not None, proc.stderr_path.read_text()
     took = time.monotonic() - t0
-    assert t0 is not None, proc.stderr()
-    assert code == 130, proc.stderr()
+    assert code == 130, proc.stderr_path.read_text()
     assert events[-1]["event"] == "error" and events[-1]["code"] == "cancelled"
     assert "standard input closed" in events[-1]["message"]
     print(f"stopped {took:.2f} s after its standard input closed")
@@ -224,8 +224,9 @@ def _stop_during(engine_env, tmp_path, job, after, stop) -> tuple[float, list[di
             stop(proc)
             t0 = time.monotonic()
     code = proc.wait(120)
-    assert t0 is not None, f"never reached the stop point; stderr:\n{proc.stderr()}"
-    assert code == 130, proc.stderr()
+    stderr = proc.stderr_path.read_text(encoding="utf-8", errors="replace")
+    assert t0 is not None, f"never reached the stop point; stderr:\n{stderr}"
+    assert code == 130, stderr
     assert events[-1]["event"] == "error" and events[-1]["code"] == "cancelled", events[-1]
     return time.monotonic() - t0, events, proc.stderr_path
 
@@ -269,12 +270,16 @@ def test_cancel_reaches_a_long_view_batch(engine_env, tiny_sd15, tmp_path):
         engine_env,
         tmp_path,
         job,
-        lambda e: e.get("phase") == "denoise" and e.get("step") == 0,  # batch 1 begins
+        # The first denoise event: step 0 says batch 1 has begun (a worker without that
+        # event reports step 1 after batch 1, so batch 2, the last, is cut instead).
+        lambda e: e.get("phase") == "denoise",
         lambda p: p.send("cancel"),
     )
     print(f"cancel during a long view batch: stopped in {took:.2f} s")
     assert took < STOP_BOUND_S, f"cancel took {took:.1f} s to stop a view batch"
-    assert [e["step"] for e in events if e.get("phase") == "denoise"] == [0]  # cut short
+    denoise = [e for e in events if e.get("phase") == "denoise"]
+    assert denoise[-1]["step"] < denoise[-1]["total"]  # cut short
+    assert "decode" not in {e.get("phase") for e in events}
     assert os.listdir(out_dir) == []
 
 
