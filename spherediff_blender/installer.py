@@ -11,6 +11,9 @@ Steps (:func:`plan_steps`), each a subprocess with an argument list (never a she
    ``spherediff_core``.
 4. ``python -m spherediff_core.worker --hello``: what got installed and which device.
 
+Every ``-m`` above runs through :func:`worker_client.python_argv` (the current folder is
+never on ``sys.path``) in the extension's user folder, never Blender's current folder.
+
 With a local wheel folder every pip call gets ``--no-index --find-links FOLDER``: nothing
 is downloaded. ``with_dependencies=False`` installs the engine wheel alone
 (``--no-deps``), which the tests use to stay offline and fast.
@@ -33,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .worker_client import WORKER_MODULE, popen_group_kwargs, worker_env
+from .worker_client import WORKER_MODULE, popen_group_kwargs, python_argv, worker_env
 
 TORCH_INDEX_WINDOWS = "https://download.pytorch.org/whl/cu128"
 ENGINE_EXTRA = "models"
@@ -72,9 +75,7 @@ def plan_steps(
     """The commands that make the worker environment (see the module docstring)."""
     python = str(venv_python(venv, windows=platform == "win32"))
     pip = [
-        python,
-        "-m",
-        "pip",
+        *python_argv(python, "pip"),
         "install",
         "--disable-pip-version-check",
         "--no-input",
@@ -82,7 +83,7 @@ def plan_steps(
         "off",
     ]
     local = ["--no-index", "--find-links", wheel_folder] if wheel_folder else []
-    steps = [Step("Creating the Python environment", [base_python, "-m", "venv", str(venv)])]
+    steps = [Step("Creating the Python environment", python_argv(base_python, "venv", str(venv)))]
     if with_dependencies:
         torch_source = local
         if not local and platform == "win32":
@@ -101,7 +102,7 @@ def plan_steps(
                 [*pip, *local, "--upgrade", "--no-deps", str(engine_wheel)],
             )
         )
-    steps.append(Step("Checking the worker", [python, "-m", WORKER_MODULE, "--hello"]))
+    steps.append(Step("Checking the worker", python_argv(python, WORKER_MODULE, "--hello")))
     return steps
 
 
@@ -220,6 +221,7 @@ class InstallJob:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd=self.log.parent,  # a known folder, never Blender's current one
                 **popen_group_kwargs(),
             )
         except OSError as exc:

@@ -315,6 +315,9 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
             options,
             env=worker_client.worker_env(offline=options["offline"]),
             stderr_log=log,
+            # Made for this job alone: should Blender die, the worker removes it too.
+            extra_job={"staging_dir": str(staging)},
+            cwd=str(staging),
         )
         if not run.start():
             shutil.rmtree(staging, ignore_errors=True)

@@ -10,6 +10,13 @@ paths cross the process boundary.
 ``result`` or ``failure``. ``request_cancel()`` may be called from any thread: the run
 sends ``cancel`` on the worker's standard input, terminates the process group if the worker
 is still running after :data:`TERMINATE_AFTER_S` and kills it after :data:`KILL_AFTER_S`.
+The worker gets this process's id (``--parent-pid``) and keeps watching it: if Blender
+dies, the worker stops by itself within two seconds and removes the job's files.
+
+Every Python this module (and the installer) starts is started by :func:`python_argv`:
+never with the current folder on ``sys.path`` and in a known working folder
+(:func:`neutral_cwd`), so a ``json.py`` lying in the folder Blender was started from is
+never imported by the worker or by pip.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import queue
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,8 +60,29 @@ PHASES = {  # phase -> (share of the bar where it starts, where it ends, label)
 }
 
 
+# ``python -m MODULE`` puts the current folder first on sys.path (and -P, which stops
+# that, needs Python 3.11). This bootstrap drops it before anything is imported, then runs
+# the module as ``-m`` would; every Python from 3.8 on understands it.
+_BOOTSTRAP = (
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "import runpy; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+)
+
+
+def python_argv(python: str, module: str, *args: str) -> list[str]:
+    """``python -m module args`` without the current folder on sys.path."""
+    return [python, "-c", _BOOTSTRAP.format(module=module), *args]
+
+
 def worker_argv(python: str, *args: str) -> list[str]:
-    return [python, "-m", WORKER_MODULE, *args]
+    return python_argv(python, WORKER_MODULE, *args)
+
+
+def neutral_cwd() -> str:
+    """A known working folder for child processes: the user's home (never whatever folder
+    Blender happened to be started from), else the temporary folder."""
+    home = os.path.expanduser("~")
+    return home if os.path.isdir(home) else tempfile.gettempdir()
 
 
 def worker_env(offline: bool = False, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -64,6 +93,7 @@ def worker_env(offline: bool = False, base: dict[str, str] | None = None) -> dic
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
     env["SPHEREDIFF_CLIENT"] = "blender"  # the engine's advice in Blender's words
+    env["PYTHONSAFEPATH"] = "1"  # 3.11+: no current folder on sys.path (see python_argv)
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return env
@@ -122,7 +152,7 @@ class WorkerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self.env,
-            cwd=self.cwd,
+            cwd=self.cwd or neutral_cwd(),
             **popen_group_kwargs(),
         )
         for target, name in ((self._read_stdout, "stdout"), (self._read_stderr, "stderr")):
@@ -318,10 +348,18 @@ class GenerationRun:
         env: dict[str, str] | None = None,
         stderr_log: Path | None = None,
         extra_job: dict[str, Any] | None = None,
+        cwd: str | None = None,
     ) -> None:
         self.python = python
         self.job = {"protocol": PROTOCOL, "options": options, **(extra_job or {})}
-        self.process = WorkerProcess(worker_argv(python), env=env, stderr_log=stderr_log)
+        # --parent-pid: the worker stops by itself when this process is gone; standard
+        # input stays open until the run is over (its end means the same).
+        self.process = WorkerProcess(
+            worker_argv(python, "--parent-pid", str(os.getpid())),
+            env=env,
+            cwd=cwd,
+            stderr_log=stderr_log,
+        )
         self.phase = "start"
         self.step = 0
         self.total = 0

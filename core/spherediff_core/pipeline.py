@@ -345,7 +345,7 @@ class SphereDiffPipeline:
         with _timed(timings, "plan"):
             config = plan_config_for(options, adapter.vae_scale_factor, adapter.grid_multiple)
             check_grid_limit(config, options, adapter)
-            plan = load_or_build_plan(config, self.plan_cache_dir)
+            plan = load_or_build_plan(config, self.plan_cache_dir, should_cancel)
 
         # 3. Encode prompts: each distinct prompt once, routed to views by elevation
         with _timed(timings, "encode"):
@@ -442,6 +442,10 @@ class SphereDiffPipeline:
                     )
                 )
 
+        if callback is not None:  # the first view batch may take long: say it has begun
+            n_steps = len(scheduler.timesteps)
+            n_batches = math.ceil(run.plan.n_views / max(1, options.view_batch_size))
+            callback(Progress("denoise", 0, n_steps * n_batches, None, f"step 1/{n_steps}"))
         try:
             return sphere_denoise(
                 denoiser,
@@ -532,7 +536,11 @@ class SphereDiffPipeline:
             if request.video:
                 images = _frames_as_channels(images, frames)
             t = time.perf_counter()
-            canvas.add(images, ids)
+            # One view at a time: blending a big view into a big canvas takes seconds.
+            for i in range(len(ids)):
+                if should_cancel is not None and should_cancel():
+                    raise CancelledError("generation cancelled")
+                canvas.add(images[i : i + 1], ids[i : i + 1])
             timings["erp"] += time.perf_counter() - t
             done += len(ids)
             if callback is not None:

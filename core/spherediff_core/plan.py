@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,8 @@ from scipy.spatial import cKDTree
 
 from . import geometry
 from .cachedirs import cache_root
+from .errors import CancelledError
+from .lifecycle import protected
 
 __all__ = [
     "PLAN_FORMAT_VERSION",
@@ -52,6 +55,30 @@ logger = logging.getLogger(__name__)
 
 PLAN_FORMAT_VERSION = 1
 METHODS = ("dynamic", "nearest")
+QUERY_NEIGHBOURS_PER_CALL = 400_000
+"""KD-tree queries are split into calls of about this many neighbours (a fraction of a
+second each), so that a cancel is seen between them even for big plans."""
+
+ShouldCancel = Callable[[], bool] | None
+
+
+def _check_cancel(should_cancel: ShouldCancel) -> None:
+    if should_cancel is not None and should_cancel():
+        raise CancelledError("cancelled while building the sampling plan")
+
+
+def _query(
+    tree: cKDTree, rays: np.ndarray, k: int, should_cancel: ShouldCancel
+) -> tuple[np.ndarray, np.ndarray]:
+    """tree.query(rays, k) in chunks, polling ``should_cancel`` between them (same result)."""
+    chunk = max(1, QUERY_NEIGHBOURS_PER_CALL // k)
+    dists, idx = [], []
+    for start in range(0, max(1, len(rays)), chunk):
+        _check_cancel(should_cancel)
+        d, i = tree.query(rays[start : start + chunk], k=k, workers=-1)
+        dists.append(d)
+        idx.append(i)
+    return np.concatenate(dists), np.concatenate(idx)
 
 
 @dataclass(frozen=True)
@@ -219,6 +246,7 @@ def _match_nearest_first(
     cand: torch.Tensor,
     dist: torch.Tensor,
     used: torch.Tensor,
+    should_cancel: ShouldCancel = None,
 ) -> torch.Tensor:
     """Give each (view, cell) pair its nearest free candidate, the nearest pair winning ties.
 
@@ -230,6 +258,7 @@ def _match_nearest_first(
     chosen = torch.full((view.numel(),), -1, dtype=torch.int64)
     pending = torch.ones(view.numel(), dtype=torch.bool)
     while True:
+        _check_cancel(should_cancel)
         free = ~used[view[:, None], cand]  # (P, k)
         active = pending & free.any(-1)
         if not bool(active.any()):
@@ -253,14 +282,19 @@ def _match_nearest_first(
 
 
 def _assign_dynamic(
-    tree: cKDTree, rays: np.ndarray, n_points: int, ring: torch.Tensor, k: int = 8
+    tree: cKDTree,
+    rays: np.ndarray,
+    n_points: int,
+    ring: torch.Tensor,
+    k: int = 8,
+    should_cancel: ShouldCancel = None,
 ) -> torch.Tensor:
     """Distinct-point assignment, centre ring outward, all views at once.
 
     rays: (V, M, 3) float64; ring: (M,) ring index of each cell. Returns (V, M) int64.
     """
     n_views, n_cells, _ = rays.shape
-    dist_np, cand_np = tree.query(rays.reshape(-1, 3), k=k, workers=-1)
+    dist_np, cand_np = _query(tree, rays.reshape(-1, 3), k, should_cancel)
     dist = torch.from_numpy(dist_np).reshape(n_views, n_cells, k)
     cand = torch.from_numpy(cand_np).to(torch.int64).reshape(n_views, n_cells, k)
     used = torch.zeros(n_views, n_points, dtype=torch.bool)
@@ -270,7 +304,7 @@ def _assign_dynamic(
         cells = torch.nonzero(ring == r).squeeze(1)
         view = torch.arange(n_views).repeat_interleave(cells.numel())
         cell = cells.repeat(n_views)
-        chosen = _match_nearest_first(view, cand[view, cell], dist[view, cell], used)
+        chosen = _match_nearest_first(view, cand[view, cell], dist[view, cell], used, should_cancel)
         out[view, cell] = chosen
         # Cells whose k nearest points were all taken (the deficit at a view's rim, where a
         # perspective grid is denser than the sphere): widen the search for just those.
@@ -281,16 +315,21 @@ def _assign_dynamic(
             kk = min(4 * kk, n_points)
             stuck = torch.nonzero(chosen < 0).squeeze(1)
             view, cell = view[stuck], cell[stuck]
-            wd, wc = tree.query(rays[view.numpy(), cell.numpy()], k=kk, workers=-1)
+            wd, wc = _query(tree, rays[view.numpy(), cell.numpy()], kk, should_cancel)
             wide_c = torch.from_numpy(wc).to(torch.int64).reshape(-1, kk)
             wide_d = torch.from_numpy(wd).reshape(-1, kk)
-            chosen = _match_nearest_first(view, wide_c, wide_d, used)
+            chosen = _match_nearest_first(view, wide_c, wide_d, used, should_cancel)
             out[view, cell] = chosen
     return out
 
 
-def build_plan(config: PlanConfig) -> SamplingPlan:
-    """Compute a sampling plan (vectorised over views; no disk access)."""
+def build_plan(config: PlanConfig, should_cancel: ShouldCancel = None) -> SamplingPlan:
+    """Compute a sampling plan (vectorised over views; no disk access).
+
+    ``should_cancel`` is polled between the rounds of the assignment and the chunks of
+    the nearest-point queries (a fraction of a second apart, even for big plans): True
+    raises :class:`~spherediff_core.errors.CancelledError`.
+    """
     layout = config.layout()
     h, w = config.grid_size
     if h * w > config.n_points:
@@ -301,12 +340,20 @@ def build_plan(config: PlanConfig) -> SamplingPlan:
     frames = layout.frames()
     rays = geometry.view_rays(frames, config.fov_deg, h, w)  # (V, h, w, 3) float64
     flat_rays = rays.reshape(layout.n_views, h * w, 3)
+    _check_cancel(should_cancel)
     tree = cKDTree(points.numpy())
     if config.method == "nearest":
-        _, nn = tree.query(flat_rays.reshape(-1, 3).numpy(), k=1, workers=-1)
+        _, nn = _query(tree, flat_rays.reshape(-1, 3).numpy(), 1, should_cancel)
         indices = torch.from_numpy(nn).to(torch.int64).reshape(layout.n_views, h * w)
     else:
-        indices = _assign_dynamic(tree, flat_rays.numpy(), config.n_points, _ring_order(h, w))
+        indices = _assign_dynamic(
+            tree,
+            flat_rays.numpy(),
+            config.n_points,
+            _ring_order(h, w),
+            should_cancel=should_cancel,
+        )
+    _check_cancel(should_cancel)
 
     # Weight from where the assigned point really projects in its view.
     tx, ty = geometry.tan_half_fovs(config.fov_deg, h, w)
@@ -355,12 +402,17 @@ def _check_state(state: dict, config: PlanConfig) -> None:
         raise ValueError("plan weights are not finite")
 
 
-def load_or_build_plan(config: PlanConfig, cache_dir: Path | str | None = None) -> SamplingPlan:
+def load_or_build_plan(
+    config: PlanConfig,
+    cache_dir: Path | str | None = None,
+    should_cancel: ShouldCancel = None,
+) -> SamplingPlan:
     """Load the plan for ``config`` from the disk cache, or build and cache it.
 
     A cache file that cannot be read or does not match ``config`` is rebuilt, never
     trusted. Writes are atomic (temporary file, then rename), so concurrent processes
-    and interrupted runs never leave a half-written plan behind.
+    and interrupted runs never leave a half-written plan behind. ``should_cancel``: see
+    :func:`build_plan`.
     """
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / f"plan-{config.cache_key()}.pt"
@@ -374,17 +426,20 @@ def load_or_build_plan(config: PlanConfig, cache_dir: Path | str | None = None) 
         except Exception as exc:  # noqa: BLE001 - an unreadable cache is rebuilt, whatever broke
             # Corrupt, truncated or foreign file (pickle, zip and shape errors alike).
             logger.warning("ignoring unreadable plan cache %s (%s); rebuilding", path, exc)
-    plan = build_plan(config)
+    plan = build_plan(config, should_cancel)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(plan.to_state(), fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # protected: a worker's hard stop waits for the temporary file to be placed or
+        # removed rather than leave it in the cache.
+        with protected():
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    torch.save(plan.to_state(), fh)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
     except OSError as exc:
         logger.warning("could not cache plan at %s (%s); continuing without cache", path, exc)
     return plan

@@ -11,8 +11,13 @@ can never corrupt the stream.
 
 Cancelling: a ``cancel`` line on standard input (read by a background thread), SIGINT or
 SIGTERM (POSIX), CTRL_BREAK_EVENT (Windows, SIGBREAK) set a flag that the pipeline polls
-before every view batch. A second signal interrupts at once. Either way the worker
-removes partial outputs, sends an ``error`` event with code ``cancelled`` and exits 130.
+before every view batch, between the plan build's rounds and between blended views. A
+second signal interrupts at once. Either way the worker removes partial outputs, sends an
+``error`` event with code ``cancelled`` and exits 130. With ``--parent-pid``, the client
+going away (its process ends, or standard input reaches its end) stops the worker the same
+way. Whatever stopped it, the worker ends within :data:`STOP_GRACE_S` (plus a file being
+written): a main thread still inside one long model call is ended by
+:class:`~spherediff_core.lifecycle.StopDeadline`, which leaves nothing behind either.
 """
 
 from __future__ import annotations
@@ -30,13 +35,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import EXIT_OK, BadInputError
+from . import lifecycle
+from .errors import EXIT_CANCELLED, EXIT_OK, BadInputError
 from .options import GenerationOptions, OptionsError
 
-__all__ = ["JOB_KEYS", "PROTOCOL_VERSION", "EventWriter", "main", "parse_job"]
+__all__ = ["JOB_KEYS", "PROTOCOL_VERSION", "STOP_GRACE_S", "EventWriter", "main", "parse_job"]
 
 PROTOCOL_VERSION = 1
-JOB_KEYS = ("protocol", "options", "plan_cache_dir")
+JOB_KEYS = ("protocol", "options", "plan_cache_dir", "staging_dir")
+STOP_GRACE_S = 1.2
+"""After a stop request the main thread has this long to stop by itself (it polls the
+cancel flag a fraction of a second apart, save during one model call); then the process
+is ended by the stop deadline."""
 CLIENT_ENV = "SPHEREDIFF_CLIENT"
 """Who started the worker ("blender" from the add-on; "worker" when unset): messages give
 advice in its words (where to choose a local model folder). An environment variable, not
@@ -154,11 +164,14 @@ class _LineReader:
         return None
 
 
-def _watch_stdin(reader: _LineReader, token: Any) -> None:
-    """Cancel on a ``cancel`` line; end quietly at end of input (closing is no cancel)."""
+def _watch_stdin(reader: _LineReader, token: Any, on_eof: Callable[[], None] | None = None) -> None:
+    """Cancel on a ``cancel`` line. At end of input call ``on_eof`` (with --parent-pid:
+    the client is gone), else end quietly (closing standard input is no cancel)."""
     while True:
         line = reader.readline()
         if line is None:
+            if on_eof is not None:
+                on_eof()
             return
         text = line.decode("utf-8", "replace").strip()
         if text.lower() == "cancel":
@@ -257,6 +270,15 @@ def build_parser(prog: str = "python -m spherediff_core.worker") -> argparse.Arg
     parser.add_argument(
         "--hello", action="store_true", help="print the hello event and exit (loads no model)"
     )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help=(
+            "the client's process id: when that process ends, or standard input reaches "
+            "its end (the client keeps it open), stop as on a cancel within 2 s"
+        ),
+    )
     return parser
 
 
@@ -287,6 +309,104 @@ def _configure_logging() -> None:
     )
 
 
+class _Stopping:
+    """Why the worker stops, shared by the watcher threads, the deadline and ``main``.
+
+    ``orphaned``: the client is gone (its process ended, its end of standard input or of
+    standard output closed), so nobody will read the result or clean up after the job:
+    the worker removes the job's files itself, and the client's staging folder if the
+    job named one (``staging_dir``) and it is empty then.
+    """
+
+    def __init__(self, token: Any, events: EventWriter) -> None:
+        self.token = token
+        self.events = events
+        self.orphaned = False
+        self.staging: Path | None = None
+        self.signal_name = ""
+        self.deadline = lifecycle.StopDeadline(STOP_GRACE_S, self.hard_stop)
+
+    def request(self, reason: str, orphaned: bool = False) -> None:
+        """Any thread: cancel the job and start the stop deadline."""
+        if orphaned and not self.orphaned:
+            self.orphaned = True
+            logger.info("%s: stopping", reason)
+        self.token.cancel(reason)
+        self.deadline.arm()
+
+    cancel = request  # what the standard-input watcher calls for a "cancel" line
+
+    def on_signal(self, signum: int) -> None:
+        """A signal arrived (the wake-up thread; its Python handler may run much later)."""
+        import signal
+
+        with contextlib.suppress(ValueError):
+            self.signal_name = signal.Signals(signum).name
+        self.deadline.arm()
+
+    def hard_stop(self) -> int:
+        """The deadline's thread, the main thread still busy: report and tidy up."""
+        reason = self.token.reason or self.signal_name or "stop requested"
+        if self.orphaned:
+            _remove_staging(self.staging)
+        self.events.emit(
+            "error",
+            code="cancelled",
+            message=(
+                f"cancelled ({reason}); stopped during a long computation, nothing was written"
+            ),
+            traceback="",
+        )
+        return EXIT_CANCELLED
+
+
+def _staging_dir(data: Any, options: GenerationOptions) -> Path | None:
+    """The job's ``staging_dir``: the output's own folder, made by the client for this job."""
+    value = data.get("staging_dir") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadInputError(f"staging_dir: {value!r} must be a folder path or null")
+    folder = Path(value)
+    output_folder = Path(str(options.output)).expanduser().absolute().parent
+    if (
+        not folder.is_absolute()
+        or not folder.is_dir()
+        or folder.resolve() != output_folder.resolve()
+    ):
+        raise BadInputError(
+            f"staging_dir: {value!r} must be the existing absolute folder of the output "
+            f"({str(output_folder)!r})"
+        )
+    return folder
+
+
+def _remove_staging(staging: Path | None) -> None:
+    """Remove the client's staging folder if it holds nothing any more (never its files)."""
+    if staging is None:
+        return
+    try:
+        staging.rmdir()  # only an empty folder: what is in it is not the worker's to remove
+        logger.info("removed the staging folder %s (its client is gone)", staging)
+    except OSError as exc:
+        logger.warning("left the staging folder %s (%s)", staging, exc)
+
+
+def _discard_outcome(outcome: Any) -> None:
+    """Remove the files a finished job wrote (its client is gone and will not take them)."""
+    import shutil
+
+    paths = [outcome.image, outcome.sidecar]
+    if outcome.video:
+        paths = [outcome.sidecar, outcome.mp4]
+        if outcome.frames_dir is not None:
+            shutil.rmtree(outcome.frames_dir, ignore_errors=True)
+    for path in paths:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                Path(path).unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the worker; returns the exit code (see docs/worker-protocol.md)."""
     from .runner import (
@@ -299,12 +419,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     _configure_logging()
     token = CancelToken()
-    events = EventWriter(
-        _claim_stdout(), on_broken=lambda: token.cancel("the event stream's reader went away")
+    events = EventWriter(_claim_stdout())
+    stopping = _Stopping(token, events)
+    events.on_broken = lambda: stopping.request(
+        "the event stream's reader went away", orphaned=True
     )
-    install_cancel_signals(
-        token, on_first=lambda name: logger.info("%s received: cancelling", name)
-    )
+
+    def on_signal(name: str) -> None:
+        logger.info("%s received: cancelling", name)
+        stopping.deadline.arm()
+
+    install_cancel_signals(token, on_first=on_signal)
+    lifecycle.SignalWakeup(stopping.on_signal).start()
+    # Held from the start of the write phase until the final event is sent: the stop
+    # deadline never cuts the writing or placing of files, nor the discarding of them.
+    writing = contextlib.ExitStack()
     args_error = None
     client = os.environ.get(CLIENT_ENV, "worker")
     if client not in CLIENTS:
@@ -327,22 +456,43 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         assert args is not None
         if args.hello:
             return EXIT_OK
+        on_eof = None
+        if args.parent_pid is not None:
+            lifecycle.ParentWatch(
+                args.parent_pid, lambda why: stopping.request(why, orphaned=True)
+            ).start()
+            on_eof = lambda: stopping.request(  # noqa: E731
+                "standard input closed: the client is gone", orphaned=True
+            )
         stdin = _LineReader(0)
         data = _read_job(args, stdin)
         threading.Thread(
-            target=_watch_stdin, args=(stdin, token), name="stdin-cancel", daemon=True
+            target=_watch_stdin, args=(stdin, stopping, on_eof), name="stdin-cancel", daemon=True
         ).start()
         try:
             options, plan_cache_dir = parse_job(data)
         except OptionsError as exc:
             raise BadInputError(str(exc)) from exc
+        stopping.staging = _staging_dir(data, options)
         logger.info("job: %s, %s px, seed %d", options.model, options.resolved_width, options.seed)
+        throttle = ProgressThrottle(events)
+        in_write: list[bool] = []
+
+        def on_progress(p: Any) -> None:
+            if p.phase == "write" and not in_write:
+                writing.enter_context(lifecycle.protected())
+                in_write.append(True)
+            throttle(p)
+
         outcome = generate(
             options,
-            on_progress=ProgressThrottle(events),
+            on_progress=on_progress,
             should_cancel=token,
             plan_cache_dir=plan_cache_dir,
         )
+        if stopping.orphaned and stopping.staging is not None:
+            _discard_outcome(outcome)  # in the client's staging folder: nobody will take it
+            token.check()
         video: dict[str, Any] = {}
         if outcome.video:  # additive: a still's result has none of these fields
             video = {
@@ -353,16 +503,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 "first_frame": str(outcome.image),
                 "mp4": None if outcome.mp4 is None else str(outcome.mp4),
             }
-        events.emit(
-            "result",
-            image=str(outcome.image),
-            sidecar=str(outcome.sidecar),
-            width=outcome.width,
-            height=outcome.height,
-            seconds=round(outcome.seconds, 3),
-            seed=outcome.seed,
-            **video,
-        )
+        with lifecycle.protected():
+            events.emit(
+                "result",
+                image=str(outcome.image),
+                sidecar=str(outcome.sidecar),
+                width=outcome.width,
+                height=outcome.height,
+                seconds=round(outcome.seconds, 3),
+                seed=outcome.seed,
+                **video,
+            )
+            stopping.deadline.settle(EXIT_OK)
         return EXIT_OK
     except BaseException as exc:
         if isinstance(exc, SystemExit):
@@ -372,8 +524,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             logger.error("%s\n%s", report.message, report.traceback)
         else:
             logger.info("%s: %s", report.code, report.message)
-        events.emit("error", code=report.code, message=report.message, traceback=report.traceback)
+        with lifecycle.protected():
+            if stopping.orphaned:
+                _remove_staging(stopping.staging)
+            events.emit(
+                "error", code=report.code, message=report.message, traceback=report.traceback
+            )
+            stopping.deadline.settle(report.exit_code)
         return report.exit_code
+    finally:
+        writing.close()
 
 
 def run() -> None:

@@ -40,13 +40,30 @@ GUARD_MIN = 0.1  # a wrong mapping is off by at least this much somewhere
 FOREIGN_TMP = ("torchinductor_",)
 
 
+# Planted in Blender's current folder (the scenario's work/): a worker, pip or Check Worker
+# that put the current folder on sys.path would import them (issue 8, item 11).
+PLANTED_MODULES = ("argparse", "json", "optparse", "runpy")
+PLANTED = (
+    "import os\n"
+    "with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'MARKER-{name}'),"
+    " 'w') as f:\n"
+    "    f.write('imported')\n"
+    "raise SystemExit('planted {name}.py was imported')\n"
+)
+
+
 @pytest.fixture(scope="module")
 def pool(extension_zip, tiny_sd15, plan_cache, tmp_path_factory):
     """The generate scenario, started in every bpy at once (they run side by side)."""
 
     def make_args(exe):
         kwargs = {"extra": ["--model", str(tiny_sd15)], "plan_cache": plan_cache}
-        return extension_zip, tmp_path_factory.mktemp("generate"), {**kwargs, "timeout": 400}
+        base = tmp_path_factory.mktemp("generate")
+        work = base / "work"  # the Blender's current folder
+        work.mkdir()
+        for name in PLANTED_MODULES:
+            (work / f"{name}.py").write_text(PLANTED.format(name=name), encoding="utf-8")
+        return extension_zip, base, {**kwargs, "timeout": 400}
 
     pool = ScenarioPool("generate", make_args)
     yield pool
@@ -236,6 +253,13 @@ def test_killed_worker_is_reported(scenario):
     f = scenario["failures"]["killed"]
     assert f["watcher"].get("phase") == "denoise", f["watcher"]
     assert f["seconds"] < 60
+
+
+def test_no_code_from_blenders_current_folder_ran(scenario):
+    work = Path(scenario["_work"])
+    assert sorted(p.name for p in work.glob("MARKER-*")) == []
+    assert all((work / f"{name}.py").is_file() for name in PLANTED_MODULES)
+    assert scenario["first"]["result"] == ["FINISHED"], scenario["first"]
 
 
 def test_nothing_left_behind(scenario):

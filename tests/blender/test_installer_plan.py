@@ -44,11 +44,13 @@ def test_plan_linux_default_pypi():
         "/blender/python", Path("/u/venv"), Path("/x/e.whl"), platform="linux"
     )
     argvs = [s.argv for s in steps]
-    assert argvs[0] == ["/blender/python", "-m", "venv", "/u/venv"]
-    assert argvs[1][:4] == ["/u/venv/bin/python", "-m", "pip", "install"]
+    # Never "-m": the current folder must not be on sys.path (python_argv's bootstrap)
+    assert argvs[0] == worker_client.python_argv("/blender/python", "venv", "/u/venv")
+    assert argvs[1][:4] == [*worker_client.python_argv("/u/venv/bin/python", "pip"), "install"]
     assert argvs[1][-1] == "torch" and "--index-url" not in argvs[1]
     assert argvs[2][-1] == "/x/e.whl[models]" and "--upgrade" in argvs[2]
-    assert argvs[3] == ["/u/venv/bin/python", "-m", "spherediff_core.worker", "--hello"]
+    assert argvs[3] == worker_client.worker_argv("/u/venv/bin/python", "--hello")
+    assert all("-m" not in argv for argv in argvs)
 
 
 def test_plan_windows_uses_the_cuda_index():
