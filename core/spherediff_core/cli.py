@@ -411,8 +411,10 @@ def _hdr(args: argparse.Namespace) -> int:
         sys.stderr.write(f"spherediff: error: {where}{exc}\n")
         return exc.exit_code
     except OSError as exc:
-        sys.stderr.write(f"spherediff: error: cannot write {str(out)!r}: {exc}\n")
-        return EXIT_INTERNAL
+        from .runner import describe_os_error
+
+        sys.stderr.write(f"spherediff: error: {describe_os_error(exc, 'cannot write', str(out))}\n")
+        return EXIT_OUTPUT
     if not args.quiet:
         sun = result.sun
         what = (

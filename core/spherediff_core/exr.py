@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from . import placing
 from .hdr import HALF_MAX, HDRResult
-from .outputs import METADATA_VERSION, _dumps, _replace, _save_text, _temp_name
+from .outputs import METADATA_VERSION, _dumps, _put_in_place, _save_text, _temp_name, _writing
 
-__all__ = ["HDROutputPaths", "read_exr", "read_ldr_panorama", "write_exr", "write_hdr_outputs"]
+__all__ = ["HDROutputPaths", "read_exr", "read_ldr_panorama", "write_hdr_outputs"]
 
 
 @dataclass(frozen=True)
@@ -61,20 +62,6 @@ def read_exr(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32)
 
 
-def write_exr(image: np.ndarray, output: str | os.PathLike[str]) -> Path:
-    """Write (H, W, 3) linear values as a half-float EXR, atomically; returns the path."""
-    path = Path(output).expanduser().absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path.parent, path)
-    try:
-        _save_exr(image, tmp)
-        _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_hdr_outputs(
     result: HDRResult,
     output: str | os.PathLike[str],
@@ -83,7 +70,7 @@ def write_hdr_outputs(
     extra: dict[str, Any] | None = None,
 ) -> HDROutputPaths:
     """Write ``output`` (.exr) and its sidecar (.json, same stem) for a lifted panorama."""
-    exr_path = Path(output).expanduser().absolute()
+    exr_path = placing.output_path(output)
     if exr_path.suffix.lower() != ".exr":
         raise ValueError(f"output {str(output)!r} must end in .exr")
     sidecar = exr_path.with_suffix(".json")
@@ -101,26 +88,17 @@ def write_hdr_outputs(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "timings": {"lift": round(float(result.seconds), 4)},
     }
+    # The same safety as the PNG's (outputs.write_outputs): checks, temporaries, the
+    # output's lock, and an earlier pair kept whole when anything fails.
     folder = exr_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
-    placed = False
-    try:
+    with _writing(exr_path, sidecar) as temps:
         tmp_exr = _temp_name(folder, exr_path)
         temps.append(tmp_exr)
         _save_exr(result.image, tmp_exr)
         tmp_side = _temp_name(folder, sidecar)
         temps.append(tmp_side)
         _save_text(_dumps(doc, 2) + "\n", tmp_side)
-        _replace(tmp_exr, exr_path)
-        placed = True
-        _replace(tmp_side, sidecar)
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        if placed:
-            exr_path.unlink(missing_ok=True)
-        raise
+        _put_in_place(exr_path, sidecar, [(tmp_exr, exr_path), (tmp_side, sidecar)])
     return HDROutputPaths(exr=exr_path, sidecar=sidecar)
 
 

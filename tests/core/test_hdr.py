@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from spherediff_core import cli
-from spherediff_core.errors import BadInputError
+from spherediff_core.errors import BadInputError, OutputError
 from spherediff_core.exr import read_exr, write_hdr_outputs
 from spherediff_core.geometry import erp_pixel_directions
 from spherediff_core.hdr import (
@@ -189,7 +189,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(exr, "_save_text", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         write_hdr_outputs(result, tmp_path / "pano.exr")
     assert list(tmp_path.iterdir()) == []
 
