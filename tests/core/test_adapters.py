@@ -253,14 +253,23 @@ def test_no_seam_and_no_pole_pinch(family, generate):
 PARITY = {
     "sd15": ("sd15", {"negative_prompt": None, "guidance_scale": 7.5}, 64),
     # negative_prompt None: SDXL zeroes the unset negative prompt, as the adapter does for "".
-    "sdxl": ("sdxl", {"negative_prompt": None, "guidance_scale": 5.0}, 64),
+    # SDXL's micro-conditioning sizes are the model's native size (128 px for the tiny one).
+    "sdxl": (
+        "sdxl",
+        {
+            "negative_prompt": None,
+            "guidance_scale": 5.0,
+            "original_size": (128, 128),
+            "target_size": (128, 128),
+        },
+        64,
+    ),
     "sana": (
         "sana",
         {
             "negative_prompt": "",
             "guidance_scale": 4.5,
             "use_resolution_binning": False,
-            "complex_human_instruction": None,
         },
         128,
     ),
@@ -319,7 +328,7 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
     guidance = call_kwargs["guidance_scale"]
     positive = adapter.encode_prompt(prompt)
     if adapter.uses_cfg(guidance):
-        conds = [adapter.encode_prompt(""), positive]
+        conds = [adapter.encode_negative_prompt(""), positive]
         uncond = torch.tensor([True, False])
     else:
         conds, uncond = [positive], torch.tensor([False])
