@@ -148,6 +148,8 @@ def build_metadata(
         "image": image_path.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "timings": {k: round(float(v), 4) for k, v in used_timings.items()},
+        # Notes for the user (views far below the model's native size, ...).
+        "warnings": [str(w) for w in getattr(result, "warnings", [])],
     }
     return png_doc, sidecar_doc
 

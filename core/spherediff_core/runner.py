@@ -362,6 +362,8 @@ class Outcome:
     fps: int | None = None
     frames_dir: Path | None = None
     mp4: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Notes for the user, e.g. views far below the model's native size."""
 
 
 def check_options(options: GenerationOptions) -> GenerationOptions:
@@ -465,6 +467,7 @@ def generate(
         seed=result.options.seed,
         timings=timings,
         model=dict(result.model),
+        warnings=list(getattr(result, "warnings", [])),
     )
 
 
@@ -505,6 +508,7 @@ def _write_video(
         seed=result.options.seed,
         timings=timings,
         model=dict(result.model),
+        warnings=list(getattr(result, "warnings", [])),
         video=True,
         frames=n,
         fps=paths.fps,

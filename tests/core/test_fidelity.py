@@ -5,6 +5,8 @@ schedulers over the whole sphere."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler
@@ -104,6 +106,12 @@ def test_the_warning_reaches_the_result(folders, tmp_path):
     result = pipe(options)
     assert result.view_px == result.grid[1] * 8
     assert len(result.warnings) == 1 and "far below" in result.warnings[0]
+    # ...and the sidecar the add-on and scripts read.
+    from spherediff_core.outputs import write_outputs
+
+    paths = write_outputs(result, tmp_path / "pano.png")
+    sidecar = json.loads(paths.sidecar.read_text(encoding="utf-8"))
+    assert sidecar["warnings"] == result.warnings
     # The family default (no size given) is used and reported in the options.
     assert result.options.width == 256
 
