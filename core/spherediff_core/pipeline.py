@@ -499,8 +499,11 @@ class SphereDiffPipeline:
                 )
                 break
             except (OSError, ValueError) as exc:
-                if variant is not None and i + 1 < len(variants) and _no_variant(exc, variant):
-                    logger.info("%s has no %s weight files; loading its plain ones", model, variant)
+                # No files of this variant (locally, in the cache or on the Hub; diffusers'
+                # wording differs between releases and sources): try the next one. A model
+                # that is missing altogether fails the last try, with its own error.
+                if i + 1 < len(variants):
+                    logger.info("%s: no %s weight files (%s); trying the next", model, variant, exc)
                     continue
                 if isinstance(exc, ValueError):
                     raise
@@ -774,12 +777,6 @@ class _Run:
     callback: Callable[[Progress], None] | None
     should_cancel: Callable[[], bool] | None
     warnings: list[str] = field(default_factory=list)
-
-
-def _no_variant(exc: BaseException, variant: str) -> bool:
-    """Whether a from_pretrained error says the model has no files of this variant."""
-    text = str(exc)
-    return "variant" in text.lower() and variant in text
 
 
 def _frames_as_channels(images: torch.Tensor, frames: int) -> torch.Tensor:
