@@ -205,7 +205,8 @@ def test_directional_prompts_reach_their_views(
         "horizon": prompts.get("horizon_prompt") or main,
         "ground": prompts.get("ground_prompt") or main,
     }
-    encoded = {t: adapter.encode_prompt(t) for t in {*expected_by_ring.values(), ""}}
+    encoded = {t: adapter.encode_prompt(t) for t in expected_by_ring.values()}
+    negative = adapter.encode_negative_prompt("")  # SANA: without the instruction
     lat = plan.lat_rad
     rings_seen = set()
     for (views, texts, uncond), ehs in zip(calls, model_inputs, strict=True):
@@ -219,7 +220,8 @@ def test_directional_prompts_reach_their_views(
                 want = expected_by_ring[ring]
             assert text == want, f"view {v} (lat {float(lat[v]):.3f}) got {text!r}"
             # ...and the model received exactly that prompt's embedding.
-            emb = encoded[want].tensors["encoder_hidden_states"][0].to(ehs.dtype)
+            emb = (negative if u else encoded[want]).tensors["encoder_hidden_states"][0]
+            emb = emb.to(ehs.dtype)
             assert torch.equal(ehs[i], emb), f"view {v}: embedding of another prompt"
     assert rings_seen == {"sky", "horizon", "ground"}
     # Distinct prompts really are encoded differently.
