@@ -138,6 +138,8 @@ def build_metadata(
         "n_points": int(result.n_points),
         "grid": [int(v) for v in result.grid],
         "views": int(result.n_views),
+        # Notes for the user about this image (views far below the model's native size...).
+        "warnings": [str(w) for w in getattr(result, "warnings", [])],
         "versions": dict(versions if versions is not None else package_versions()),
     }
     used_timings = dict(result.timings if timings is None else timings)
@@ -148,8 +150,6 @@ def build_metadata(
         "image": image_path.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "timings": {k: round(float(v), 4) for k, v in used_timings.items()},
-        # Notes for the user (views far below the model's native size, ...).
-        "warnings": [str(w) for w in getattr(result, "warnings", [])],
     }
     return png_doc, sidecar_doc
 
