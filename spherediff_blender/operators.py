@@ -232,6 +232,8 @@ def build_options(values: dict, prefs, output: str) -> dict:
     model = resolve_model(values, prefs)
     if values["size"] == "CUSTOM":
         width = int(values["width"])
+    elif values["size"] == "AUTO":
+        width = None  # the model family's own size (the engine knows the family)
     else:
         width = properties.SIZE_WIDTHS[values["size"]]
     seed = random.randint(0, properties.MAX_SEED) if values["random_seed"] else values["seed"]

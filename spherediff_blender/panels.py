@@ -19,6 +19,10 @@ def _model_info(context, settings) -> properties.ModelInfo:
     return properties.model_info(values["model_preset"], model)
 
 
+def _model_id(context, settings) -> str:
+    return operators.resolve_model(_settings_values(settings), get_preferences(context))
+
+
 def _wrapped_label(layout, text: str, icon: str, width: int = 60) -> None:
     col = layout.column(align=True)
     for i, line in enumerate(operators.wrap(text, width)):
@@ -86,6 +90,9 @@ class WORLD_PT_spherediff_settings(_SphereDiffPanel, Panel):
         col.prop(s, "size")
         if s.size == "CUSTOM":
             col.prop(s, "width")
+        note = properties.size_note(s.model_preset, _model_id(context, s), s.size, s.width)
+        if note:
+            _wrapped_label(col, note, "INFO", 50)
 
         col = layout.column(heading="Steps")
         row = col.row(align=True)

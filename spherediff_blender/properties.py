@@ -140,13 +140,63 @@ MODEL_ITEMS = (
 )
 
 SIZE_WIDTHS = {"1K": 1024, "2K": 2048, "4K": 4096, "8K": 8192}
+# The numbers keep the values files saved before "Auto" came stored.
 SIZE_ITEMS = (
-    ("1K", "1K", "1024 x 512 pixels: quick previews"),
-    ("2K", "2K", "2048 x 1024 pixels"),
-    ("4K", "4K", "4096 x 2048 pixels: slow, much VRAM for the larger models"),
-    ("8K", "8K", "8192 x 4096 pixels: very slow, needs VAE tiling on most GPUs"),
-    ("CUSTOM", "Custom", "Any even width (the height is half of it)"),
+    (
+        "AUTO",
+        "Auto",
+        "The model's own size: 2K for SANA, SD 1.5 and the video models, 4K for SDXL, "
+        "FLUX.1 and SD 3.5, so that its views come out near the size it was trained at",
+        5,
+    ),
+    ("1K", "1K", "1024 x 512 pixels: quick previews (far below every model's native size)", 0),
+    ("2K", "2K", "2048 x 1024 pixels", 1),
+    ("4K", "4K", "4096 x 2048 pixels: slow, much VRAM for the larger models", 2),
+    ("8K", "8K", "8192 x 4096 pixels: very slow, needs VAE tiling on most GPUs", 3),
+    ("CUSTOM", "Custom", "Any even width (the height is half of it)", 4),
 )
+# What each preset's family does well, as the engine's adapters declare it (native_view_px,
+# min_view_px, default_size) with its released models' VAE factor and grid multiple; the
+# add-on cannot import the engine's torch side, and tests/blender checks the two agree.
+PRESET_SIZES = {
+    "SANA": (1024, 512, "2K", 32, 1),
+    "SD15": (512, 384, "2K", 8, 1),
+    "SDXL": (1024, 768, "4K", 8, 1),
+    "FLUX_SCHNELL": (1024, 768, "4K", 8, 2),
+    "FLUX_DEV": (1024, 768, "4K", 8, 2),
+    "SD35_MEDIUM": (1024, 768, "4K", 8, 2),
+    "SD35_LARGE": (1024, 768, "4K", 8, 2),
+    "LTX": (512, 384, "2K", 32, 1),
+    "WAN": (480, 360, "2K", 8, 2),
+}
+VIEW_FOV_DEG = 80.0  # spherediff_core.options.GenerationOptions.fov_deg
+
+
+def view_px_for(width: int, vae_factor: int, multiple: int, fov_deg: float = VIEW_FOV_DEG) -> int:
+    """A view's decoded side at an ERP width (spherediff_core.pipeline.plan_config_for)."""
+    pixels = width * math.tan(math.radians(fov_deg) / 2) / math.pi
+    latents = max(pixels / vae_factor, 2.0)
+    return int(math.ceil(latents / multiple - 1e-9) * multiple) * vae_factor
+
+
+def size_note(model_preset: str, model_id: str, size: str, width: int) -> str:
+    """A note for the size field when the views would come out far below the model's
+    native size ("" when fine or unknown: a Custom model)."""
+    key = model_preset
+    if key not in PRESET_SIZES:
+        key = next((k for k, v in MODEL_IDS.items() if v == model_id), "")
+    if key not in PRESET_SIZES:
+        return ""
+    native, smallest, default, vae, multiple = PRESET_SIZES[key]
+    if size == "AUTO":
+        size = default
+    px = view_px_for(SIZE_WIDTHS.get(size, int(width)), vae, multiple)
+    if px >= smallest:
+        return ""
+    fits = [k for k, w in SIZE_WIDTHS.items() if view_px_for(w, vae, multiple) >= smallest]
+    hint = f"choose {fits[0]} or Auto" if fits else "choose a larger size"
+    return f"Views of {px} px, far below {MODEL_LABELS[key]}'s native {native} px: {hint}"
+
 
 MAX_SEED = 2**31 - 1  # Blender's IntProperty is 32-bit
 
@@ -431,7 +481,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Size",
             description="Width of the equirectangular image (its height is half of it)",
             items=SIZE_ITEMS,
-            default="2K",
+            default="AUTO",
             options=opts,
         ),
         "width": IntProperty(

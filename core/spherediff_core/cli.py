@@ -78,13 +78,26 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
         ("--guidance",),
         {"type": float, "help": "guidance scale (default: the model's)"},
     ),
+    (
+        "true_cfg_scale",
+        ("--true-cfg-scale",),
+        {"type": float, "help": "FLUX.1: true CFG with --negative-prompt when > 1 (default: 1)"},
+    ),
     ("seed", ("--seed",), {"type": int, "help": "random seed (default: 0)"}),
     (
         "size",
         ("--size",),
         {"choices": list(SIZE_PRESETS), "help": "width preset; overrides --width"},
     ),
-    ("width", ("--width",), {"type": int, "help": "ERP width in pixels, even (default: 2048)"}),
+    (
+        "width",
+        ("--width",),
+        {
+            "type": int,
+            "help": "ERP width in pixels, even (default: the model's size, 2K or 4K, which "
+            "keeps its views near their training size)",
+        },
+    ),
     (
         "n_points",
         ("--n-points",),

@@ -26,6 +26,9 @@ __all__ = [
 
 DEFAULT_MODEL = "Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers"
 SIZE_PRESETS = {"1K": 1024, "2K": 2048, "4K": 4096, "8K": 8192}
+FALLBACK_WIDTH = 2048
+"""The width when neither size nor width is set and no model family is known yet (the
+pipeline fills in the family's default size first: see ModelAdapter.default_size)."""
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SAMPLING_METHODS = ("dynamic", "nearest")
@@ -54,8 +57,13 @@ class GenerationOptions:
     """What to generate and how. ``None`` means "the model family's default".
 
     Sizes: the output is an ERP image of ``width`` x ``width / 2`` pixels (``size`` picks a
-    preset: 1K, 2K, 4K, 8K). The number of sphere points and the views' latent grid follow
-    from the width and the model's VAE, unless ``n_points`` is set.
+    preset: 1K, 2K, 4K, 8K). Neither set: the model family's default size (2K for SANA,
+    SD 1.5 and the video models, 4K for FLUX.1, SDXL and SD3, whose views then come out
+    near their 1024 px training size). The number of sphere points and the views' latent
+    grid follow from the width and the model's VAE, unless ``n_points`` is set.
+
+    ``true_cfg_scale`` (FLUX.1 only, as FluxPipeline): with a negative prompt and a value
+    above 1, a negative pass runs and the prediction is neg + scale * (pos - neg).
 
     Video (``video=True``, video models only): ``frames`` ERP frames of that size at ``fps``
     (both default to the model family's, e.g. 121 at 24 fps for LTX-Video). A model takes
@@ -78,7 +86,7 @@ class GenerationOptions:
     guidance: float | None = None
     seed: int = 0
     size: str | None = None
-    width: int = 2048
+    width: int | None = None
     n_points: int | None = None
     fov_deg: float = 80.0
     overlap: float = 0.6
@@ -95,6 +103,7 @@ class GenerationOptions:
     video: bool = False
     frames: int | None = None
     fps: int | None = None
+    true_cfg_scale: float | None = None
 
     @property
     def height(self) -> int:
@@ -102,7 +111,14 @@ class GenerationOptions:
 
     @property
     def resolved_width(self) -> int:
-        return SIZE_PRESETS[self.size] if self.size is not None else self.width
+        if self.size is not None:
+            return SIZE_PRESETS[self.size]
+        return self.width if self.width is not None else FALLBACK_WIDTH
+
+    @property
+    def size_given(self) -> bool:
+        """Whether the caller chose a size or a width (else the family's default applies)."""
+        return self.size is not None or self.width is not None
 
     def validate(self) -> GenerationOptions:
         """Raise OptionsError for the first bad value; return self when all are good."""
@@ -129,6 +145,8 @@ class GenerationOptions:
             _check_int("steps", self.steps, 1, MAX_STEPS)
         if self.guidance is not None:
             _check_float("guidance", self.guidance, 0.0, 50.0)
+        if self.true_cfg_scale is not None:
+            _check_float("true_cfg_scale", self.true_cfg_scale, 0.0, 50.0)
         _check_int("seed", self.seed, 0, MAX_SEED)
         # Size
         if self.size is not None and (
@@ -136,8 +154,9 @@ class GenerationOptions:
         ):
             allowed = ", ".join(SIZE_PRESETS)
             raise OptionsError("size", f"{self.size!r} is not a preset; use one of {allowed}")
-        _check_int("width", self.width, 64, MAX_WIDTH)
-        if self.width % 2:
+        if self.width is not None:
+            _check_int("width", self.width, 64, MAX_WIDTH)
+        if self.width is not None and self.width % 2:
             raise OptionsError(
                 "width", f"{self.width} is odd; the height is width / 2, so use an even width"
             )

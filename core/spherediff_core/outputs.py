@@ -145,6 +145,8 @@ def build_metadata(
         "n_points": int(result.n_points),
         "grid": [int(v) for v in result.grid],
         "views": int(result.n_views),
+        # Notes for the user about this image (views far below the model's native size...).
+        "warnings": [str(w) for w in getattr(result, "warnings", [])],
         "versions": dict(versions if versions is not None else package_versions()),
     }
     used_timings = dict(result.timings if timings is None else timings)

@@ -15,6 +15,8 @@ frames at once (the view's projection is computed once per view).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import logging
 import math
 import time
@@ -47,7 +49,7 @@ from .errors import (
 from .families import check_video_request
 from .fusion import gather_views
 from .modelcheck import check_component_classes, check_model_folder, read_model_index
-from .options import GenerationOptions, OptionsError
+from .options import SIZE_PRESETS, GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
 from .progress import Progress
 
@@ -55,13 +57,16 @@ __all__ = [
     "GenerationResult",
     "Progress",
     "Request",
+    "SizeAdvice",
     "SphereDiffPipeline",
     "check_grid_limit",
     "check_video_request",
     "plan_config_for",
     "resolve_device",
     "resolve_request",
+    "resolve_size",
     "route_prompts",
+    "size_advice",
 ]
 
 DECODE_BUDGET_VALUES = 2**27
@@ -86,6 +91,9 @@ class GenerationResult:
         model: family, pipeline class, dtype, device, source and revision.
         frames: video only: (F, 3, H, W) float32 ERP frames in [0, 1]; None for a still.
         fps: video only: the frame rate; None for a still.
+        view_px: the decoded side of one view, in pixels.
+        warnings: notes for the user about this generation (e.g. views far below the
+            model's native size), each a sentence.
     """
 
     image: torch.Tensor
@@ -97,6 +105,8 @@ class GenerationResult:
     model: dict[str, Any] = field(default_factory=dict)
     frames: torch.Tensor | None = None
     fps: int | None = None
+    view_px: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def is_video(self) -> bool:
@@ -112,7 +122,9 @@ class GenerationResult:
 class Request:
     """What one call makes, with the family's defaults filled in (see resolve_request).
 
-    ``frames`` and ``latent_frames`` are 1 and ``fps`` None for a still.
+    ``frames`` and ``latent_frames`` are 1 and ``fps`` None for a still. ``cfg_scale`` is
+    the classifier-free guidance scale the loop applies (1.0 when ``do_cfg`` is False; for
+    most families the guidance, for FLUX its true CFG scale).
     """
 
     steps: int
@@ -122,6 +134,7 @@ class Request:
     frames: int = 1
     fps: int | None = None
     latent_frames: int = 1
+    cfg_scale: float = 1.0
 
 
 def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Request:
@@ -129,7 +142,8 @@ def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Reques
     (see :func:`check_video_request`)."""
     steps = options.steps if options.steps is not None else adapter.default_steps
     guidance = options.guidance if options.guidance is not None else adapter.default_guidance
-    do_cfg = adapter.uses_cfg(guidance)
+    cfg_scale = float(adapter.cfg_scale(guidance, options))
+    do_cfg = cfg_scale != 1.0
     if steps < adapter.min_steps:
         raise OptionsError(
             "steps",
@@ -137,9 +151,83 @@ def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Reques
         )
     video = check_video_request(options, adapter)
     if video is None:
-        return Request(steps, guidance, do_cfg, video=False)
+        return Request(steps, guidance, do_cfg, video=False, cfg_scale=cfg_scale)
     frames, fps, latent_frames = video
-    return Request(steps, guidance, do_cfg, True, frames, fps, latent_frames)
+    return Request(steps, guidance, do_cfg, True, frames, fps, latent_frames, cfg_scale)
+
+
+def resolve_size(
+    options: GenerationOptions, adapter: ModelAdapter | type[ModelAdapter]
+) -> GenerationOptions:
+    """The options with the family's default size filled in when neither ``size`` nor
+    ``width`` was given (a copy; explicit sizes are kept as they are)."""
+    if options.size_given or options.n_points is not None:
+        return options
+    return dataclasses.replace(options, size=adapter.default_size)
+
+
+@dataclass(frozen=True)
+class SizeAdvice:
+    """How a size suits a model: its views' decoded side against the model's native one.
+
+    ``note`` is a sentence for the user when the views are far below the native size, or
+    over twice it (None otherwise)."""
+
+    width: int
+    view_px: int
+    native_view_px: int
+    note: str | None
+
+
+def size_advice(
+    options: GenerationOptions, adapter: ModelAdapter | type[ModelAdapter]
+) -> SizeAdvice:
+    """The view size a request gives on a family, with a note when it is far below what
+    the model was trained for (the family's ``smallest_good_view_px``)."""
+    options = resolve_size(options, adapter)
+    config = plan_config_for(options, _vae_factor(adapter), int(adapter.grid_multiple))
+    view_px = config.grid_size[1] * _vae_factor(adapter)
+    name = adapter.display_name or adapter.family
+    note = None
+    if view_px < adapter.smallest_good_view_px():
+        better = [
+            label
+            for label, width in SIZE_PRESETS.items()
+            if _view_px_at(width, options, adapter) >= adapter.smallest_good_view_px()
+        ]
+        hint = f"choose {better[0]} or larger" if better else "choose a larger size"
+        note = (
+            f"views of {view_px} px are far below {name}'s native {adapter.native_view_px} px "
+            f"(at width {options.resolved_width}), so detail will suffer; {hint} "
+            f"(the {name} default is {adapter.default_size})"
+        )
+    elif view_px > 2 * adapter.native_view_px:
+        note = (
+            f"views of {view_px} px are over twice {name}'s native {adapter.native_view_px} px "
+            f"(at width {options.resolved_width}); it may repeat objects within a view "
+            f"(the {name} default is {adapter.default_size})"
+        )
+    return SizeAdvice(options.resolved_width, view_px, adapter.native_view_px, note)
+
+
+def _vae_factor(adapter: ModelAdapter | type[ModelAdapter]) -> int:
+    """The VAE factor of a loaded adapter, or a class's typical one (before loading)."""
+    if isinstance(adapter, ModelAdapter):
+        return int(adapter.vae_scale_factor)
+    return int(adapter.typical_vae_scale_factor)
+
+
+def _view_px_at(width: int, options: GenerationOptions, adapter: Any) -> int:
+    at = dataclasses.replace(options, size=None, width=width, n_points=None)
+    config = plan_config_for(at, _vae_factor(adapter), int(adapter.grid_multiple))
+    return config.grid_size[1] * _vae_factor(adapter)
+
+
+def step_kwargs_for(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+    """``scheduler.step``'s extra arguments: the seeded generator for schedulers that draw
+    noise (ancestral, SDE), as diffusers' pipelines pass it."""
+    params = inspect.signature(scheduler.step).parameters
+    return {"generator": generator} if "generator" in params else {}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -310,18 +398,38 @@ class SphereDiffPipeline:
         from diffusers.pipelines import pipeline_utils
 
         dtype_kw = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
-        try:
-            pipe = pipeline_cls.from_pretrained(
-                model,
-                revision=revision,
-                **{dtype_kw: dtype},
-                use_safetensors=True,
-                local_files_only=offline,
-                cache_dir=cache_dir,
-                **adapter_cls.load_kwargs,
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise _load_error(model, exc) from exc
+        # Components the family keeps in their own dtype (Wan's VAE in float32) load in it.
+        load_dtype: Any = dtype
+        if adapter_cls.component_dtypes:
+            load_dtype = {"default": dtype, **adapter_cls.component_dtypes}
+        pipe = None
+        variants = adapter_cls.weight_variants
+        for i, variant in enumerate(variants):
+            extra = {} if variant is None else {"variant": variant}
+            try:
+                pipe = pipeline_cls.from_pretrained(
+                    model,
+                    revision=revision,
+                    **{dtype_kw: load_dtype},
+                    use_safetensors=True,
+                    local_files_only=offline,
+                    cache_dir=cache_dir,
+                    **adapter_cls.load_kwargs,
+                    **extra,
+                )
+                break
+            except (OSError, ValueError, RuntimeError) as exc:
+                # No files of this variant (locally, in the cache or on the Hub; diffusers'
+                # wording differs between releases and sources): try the next one. A model
+                # that is missing altogether fails the last try, with its own error.
+                if i + 1 < len(variants):
+                    logger.info("%s: no %s weight files (%s); trying the next", model, variant, exc)
+                    continue
+                raise _load_error(model, exc) from exc
+        for name, component_dtype in adapter_cls.component_dtypes.items():
+            component = getattr(pipe, name, None)
+            if component is not None and component.dtype != component_dtype:
+                component.to(component_dtype)  # diffusers without per-component dtypes
         adapter = adapter_cls(pipe, torch_device, dtype)
         adapter.apply_memory_options(cpu_offload, vae_tiling, vae_slicing)
         return cls(adapter, source=model, revision=revision, plan_cache_dir=plan_cache_dir)
@@ -337,9 +445,14 @@ class SphereDiffPipeline:
         timings: dict[str, float] = {"denoiser": 0.0, "vae": 0.0, "erp": 0.0}
         t_start = time.perf_counter()
 
-        # 1. Check inputs, fill in the family's defaults (and the frames of a video)
+        # 1. Check inputs, fill in the family's defaults (size, and the frames of a video)
         options.validate()
+        options = resolve_size(options, adapter)
         request = resolve_request(options, adapter)
+        advice = size_advice(options, adapter)
+        warnings = [] if advice.note is None else [advice.note]
+        for note in warnings:
+            logger.warning("%s", note)
 
         # 2. Sampling plan (cached on disk)
         with _timed(timings, "plan"):
@@ -361,9 +474,10 @@ class SphereDiffPipeline:
         latents = (latents * init_noise_sigma(scheduler)).to(adapter.device)
 
         # 6. Denoising loop on the sphere
-        run = _Run(options, request, plan, timings, callback, should_cancel)
+        run = _Run(options, request, plan, timings, callback, should_cancel, warnings)
         with _timed(timings, "denoise"):
-            latents = self._denoise(run, scheduler, latents, conditioning, negative)
+            step_kwargs = step_kwargs_for(scheduler, generator)
+            latents = self._denoise(run, scheduler, latents, conditioning, negative, step_kwargs)
 
         # 7. Decode every view with the VAE, blending it into the ERP canvas as it comes
         with _timed(timings, "decode"):
@@ -387,7 +501,7 @@ class SphereDiffPipeline:
         for text in dict.fromkeys(view_prompts):
             encoded[text] = adapter.encode_prompt(text)
         conditioning = [encoded[text] for text in view_prompts]
-        negative = adapter.encode_prompt(options.negative_prompt) if do_cfg else None
+        negative = adapter.encode_negative_prompt(options.negative_prompt) if do_cfg else None
         return conditioning, negative
 
     def _noise(
@@ -406,6 +520,7 @@ class SphereDiffPipeline:
         latents: torch.Tensor,
         conditioning: list[PromptEmbedding],
         negative: PromptEmbedding | None,
+        step_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         adapter, request, options, timings = self.adapter, run.request, run.options, run.timings
         callback = run.callback
@@ -454,10 +569,11 @@ class SphereDiffPipeline:
                 latents,
                 conditioning,
                 negative_conditioning=negative,
-                guidance_scale=request.guidance if request.do_cfg else 1.0,
+                guidance_scale=request.cfg_scale,
                 view_batch_size=options.view_batch_size,
                 callback=on_denoise,
                 should_cancel=run.should_cancel,
+                step_kwargs=step_kwargs,
             )
         except GenerationCancelled as exc:
             raise CancelledError("generation cancelled") from exc
@@ -578,6 +694,8 @@ class SphereDiffPipeline:
             model,
             frames=frames,
             fps=request.fps,
+            view_px=plan.grid_size[1] * adapter.vae_scale_factor,
+            warnings=list(run.warnings),
         )
 
 
@@ -591,6 +709,7 @@ class _Run:
     timings: dict[str, float]
     callback: Callable[[Progress], None] | None
     should_cancel: Callable[[], bool] | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _load_error(model: str, exc: BaseException) -> Exception:

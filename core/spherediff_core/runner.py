@@ -423,6 +423,8 @@ class Outcome:
     fps: int | None = None
     frames_dir: Path | None = None
     mp4: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Notes for the user, e.g. views far below the model's native size."""
 
 
 def check_options(options: GenerationOptions) -> GenerationOptions:
@@ -594,6 +596,7 @@ def generate(
         seed=result.options.seed,
         timings=timings,
         model=dict(result.model),
+        warnings=list(getattr(result, "warnings", [])),
     )
 
 
@@ -635,6 +638,7 @@ def _write_video(
         seed=result.options.seed,
         timings=timings,
         model=dict(result.model),
+        warnings=list(getattr(result, "warnings", [])),
         video=True,
         frames=n,
         fps=paths.fps,

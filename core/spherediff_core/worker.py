@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 height=outcome.height,
                 seconds=round(outcome.seconds, 3),
                 seed=outcome.seed,
+                warnings=list(outcome.warnings),  # additive: notes for the user
                 **video,
             )
             stopping.deadline.settle(EXIT_OK)

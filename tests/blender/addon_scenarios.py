@@ -331,6 +331,9 @@ def draw_everything(sub) -> dict:
     scene = context.scene
     scene.spherediff.last_image = "//spherediff/x.png"
     scene.spherediff.last_error = "a long error message " * 8
+    scene.spherediff.model_preset = "FLUX_DEV"
+    scene.spherediff.size = "1K"
+    draw_all("size note")
     scene.spherediff.model_preset = "CUSTOM"
     scene.spherediff.size = "CUSTOM"
     scene.spherediff.video = True  # the Animated panel's own rows
@@ -357,6 +360,19 @@ def scenario_register(args, out: dict) -> None:
     out["addon_package"] = sub.preferences.ADDON_PACKAGE
     out["user_folder"] = str(sub.preferences.user_folder())
     out["heavy_modules"] = heavy_modules()
+    # The size field's note and the view sizes the add-on computes, per preset and size
+    # (compared with the engine's size_advice by the test).
+    props = sub.properties
+    out["size_notes"] = {
+        f"{preset} {size}": [
+            props.view_px_for(props.SIZE_WIDTHS[size], *props.PRESET_SIZES[preset][3:]),
+            props.size_note(preset, "", size, 0),
+        ]
+        for preset in props.PRESET_SIZES
+        for size in props.SIZE_WIDTHS
+    }
+    out["size_default"] = bpy.context.scene.spherediff.size
+    out["auto_note"] = props.size_note("DEFAULT", props.MODEL_IDS["FLUX_DEV"], "AUTO", 0)
     # Drawing the panel needs a window; check at least that its poll and the ops' polls run.
     out["ui"] = draw_everything(sub)
     out["generate_options"] = sorted(bpy.types.SPHEREDIFF_OT_generate.bl_options)

@@ -371,3 +371,44 @@ def test_build_installs_blender_tool_when_none_is_found(tmp_path, blender_ext):
     tools = list((root / ".venv-bpy50").glob("lib/python*/site-packages/bpy/5.0/scripts/*"))
     assert tools, "no bpy in .venv-bpy50"
     assert len(list((tmp_path / "dist").glob("spherediff-*.zip"))) == 1
+
+
+# Preset -> the engine's adapter class name, for the size check below.
+PRESET_ADAPTERS = {
+    "SANA": "SanaAdapter",
+    "SD15": "StableDiffusionAdapter",
+    "SDXL": "StableDiffusionXLAdapter",
+    "FLUX_SCHNELL": "FluxAdapter",
+    "FLUX_DEV": "FluxAdapter",
+    "SD35_MEDIUM": "StableDiffusion3Adapter",
+    "SD35_LARGE": "StableDiffusion3Adapter",
+    "LTX": "LTXVideoAdapter",
+    "WAN": "WanAdapter",
+}
+
+
+def test_size_notes_agree_with_the_engine(registered):
+    """The panel's size note (computed without torch) says what the engine's size_advice
+    says, for every preset model and size; the default size is Auto (the model's own)."""
+    from spherediff_core import adapters
+    from spherediff_core.options import GenerationOptions
+    from spherediff_core.pipeline import size_advice
+
+    assert registered["size_default"] == "AUTO"
+    assert registered["auto_note"] == ""  # FLUX.1 at its own size (4K): no note
+    notes = registered["size_notes"]
+    assert set(notes) == {f"{p} {s}" for p in PRESET_ADAPTERS for s in ("1K", "2K", "4K", "8K")}
+    for key, (view_px, note) in notes.items():
+        preset, size = key.split()
+        adapter = getattr(adapters, PRESET_ADAPTERS[preset])
+        advice = size_advice(GenerationOptions(prompt="x", size=size), adapter)
+        assert view_px == advice.view_px, key
+        far_below = advice.note is not None and "far below" in advice.note
+        assert bool(note) == far_below, (key, note, advice.note)
+        if note:
+            assert f"{view_px} px" in note and f"native {adapter.native_view_px} px" in note
+    assert notes["FLUX_DEV 2K"][1] and not notes["FLUX_DEV 4K"][1]
+    assert not notes["SANA 2K"][1] and notes["SANA 1K"][1]
+    # The note shows under the size field.
+    labels = [x for x in registered["ui"]["size note"]["log"] if "far below" in str(x)]
+    assert labels, registered["ui"]["size note"]["log"]

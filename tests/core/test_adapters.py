@@ -205,7 +205,8 @@ def test_directional_prompts_reach_their_views(
         "horizon": prompts.get("horizon_prompt") or main,
         "ground": prompts.get("ground_prompt") or main,
     }
-    encoded = {t: adapter.encode_prompt(t) for t in {*expected_by_ring.values(), ""}}
+    encoded = {t: adapter.encode_prompt(t) for t in expected_by_ring.values()}
+    negative = adapter.encode_negative_prompt("")  # SANA: without the instruction
     lat = plan.lat_rad
     rings_seen = set()
     for (views, texts, uncond), ehs in zip(calls, model_inputs, strict=True):
@@ -219,7 +220,8 @@ def test_directional_prompts_reach_their_views(
                 want = expected_by_ring[ring]
             assert text == want, f"view {v} (lat {float(lat[v]):.3f}) got {text!r}"
             # ...and the model received exactly that prompt's embedding.
-            emb = encoded[want].tensors["encoder_hidden_states"][0].to(ehs.dtype)
+            emb = (negative if u else encoded[want]).tensors["encoder_hidden_states"][0]
+            emb = emb.to(ehs.dtype)
             assert torch.equal(ehs[i], emb), f"view {v}: embedding of another prompt"
     assert rings_seen == {"sky", "horizon", "ground"}
     # Distinct prompts really are encoded differently.
@@ -253,14 +255,23 @@ def test_no_seam_and_no_pole_pinch(family, generate):
 PARITY = {
     "sd15": ("sd15", {"negative_prompt": None, "guidance_scale": 7.5}, 64),
     # negative_prompt None: SDXL zeroes the unset negative prompt, as the adapter does for "".
-    "sdxl": ("sdxl", {"negative_prompt": None, "guidance_scale": 5.0}, 64),
+    # SDXL's micro-conditioning sizes are the model's native size (128 px for the tiny one).
+    "sdxl": (
+        "sdxl",
+        {
+            "negative_prompt": None,
+            "guidance_scale": 5.0,
+            "original_size": (128, 128),
+            "target_size": (128, 128),
+        },
+        64,
+    ),
     "sana": (
         "sana",
         {
             "negative_prompt": "",
             "guidance_scale": 4.5,
             "use_resolution_binning": False,
-            "complex_human_instruction": None,
         },
         128,
     ),
@@ -319,7 +330,7 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
     guidance = call_kwargs["guidance_scale"]
     positive = adapter.encode_prompt(prompt)
     if adapter.uses_cfg(guidance):
-        conds = [adapter.encode_prompt(""), positive]
+        conds = [adapter.encode_negative_prompt(""), positive]
         uncond = torch.tensor([True, False])
     else:
         conds, uncond = [positive], torch.tensor([False])

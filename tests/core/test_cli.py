@@ -84,6 +84,9 @@ def test_generate_writes_png_and_sidecar(two_runs):
     assert sidecar["options"]["steps"] == 2
     assert sidecar["options"]["guidance"] == 7.5  # the family's default, resolved
     assert sidecar["model"]["family"] == "sd"
+    # 64 px wide: far below SD 1.5's native view size; the command and the sidecar say so.
+    assert "far below" in run.stderr and "native 512 px" in run.stderr
+    assert len(sidecar["warnings"]) == 1 and "far below" in sidecar["warnings"][0]
 
 
 def test_progress_counts_the_schedulers_real_evaluations(two_runs):

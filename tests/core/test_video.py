@@ -683,6 +683,7 @@ def test_command_and_worker_write_the_same_sequence(
         "height": width // 2,
         "seconds": result["seconds"],
         "seed": 0,
+        "warnings": result["warnings"],
         "video": True,
         "frames": n,
         "fps": case["fps"],

@@ -94,8 +94,11 @@ def test_job_reports_events_in_order_and_writes_files(engine_env, tiny_sd15, tmp
         "height": 32,
         "seconds": result["seconds"],
         "seed": 3,
+        "warnings": result["warnings"],
     }
     assert result["seconds"] > 0
+    # 64 px wide: views far below SD 1.5's native 512 px, and the result says so.
+    assert len(result["warnings"]) == 1 and "far below" in result["warnings"][0]
     assert sorted(os.listdir(out.parent)) == ["pano.json", "pano.png"]
     sidecar = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
     assert sidecar["options"]["prompt"] == PROMPT and sidecar["options"]["steps"] == 2

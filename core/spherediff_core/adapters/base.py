@@ -87,8 +87,31 @@ class ModelAdapter(ABC):
     """The half precision 'auto' picks on a GPU (bf16 for models trained in it)."""
     load_kwargs: ClassVar[dict[str, Any]] = {}
     """Extra keyword arguments for the pipeline's from_pretrained."""
+    weight_variants: ClassVar[tuple[str | None, ...]] = (None,)
+    """Weight file variants to try loading, in order (e.g. ("bf16", None): the bf16 files
+    when the model has them, else the plain ones)."""
+    component_dtypes: ClassVar[dict[str, torch.dtype]] = {}
+    """Components that keep their own dtype whatever the precision (e.g. a VAE kept in
+    float32, as the family's diffusers recipe does)."""
     display_name: ClassVar[str] = ""
     """The family's name in messages, e.g. "LTX-Video" (the family code when empty)."""
+
+    # --- sizes --------------------------------------------------------------------------
+    native_view_px: ClassVar[int] = 512
+    """The square image side (px) the model was trained at."""
+    min_view_px: ClassVar[int | None] = None
+    """Views smaller than this (px) degrade visibly; a size that gives them is flagged.
+    None: three quarters of ``native_view_px``."""
+    default_size: ClassVar[str] = "2K"
+    typical_vae_scale_factor: ClassVar[int] = 8
+    """Pixels per latent of the family's released models, for size advice before a model
+    loads (a loaded adapter reads its VAE's own factor)."""
+    """The ERP size preset used when neither size nor width is given: the one whose views
+    (at the default FOV) are closest to what the model does well."""
+
+    @classmethod
+    def smallest_good_view_px(cls) -> int:
+        return cls.min_view_px if cls.min_view_px is not None else cls.native_view_px * 3 // 4
 
     # --- video --------------------------------------------------------------------------
     is_video: ClassVar[bool] = False
@@ -139,10 +162,20 @@ class ModelAdapter(ABC):
         """Whether classifier-free guidance runs (guidance-distilled models embed it instead)."""
         return guidance > 1.0
 
+    def cfg_scale(self, guidance: float, options: Any) -> float:
+        """The classifier-free guidance scale the loop applies; 1.0 means no CFG (no
+        negative pass). ``options`` is the GenerationOptions (FLUX reads its true CFG)."""
+        return guidance if self.uses_cfg(guidance) else 1.0
+
     # --- prompts ------------------------------------------------------------------------
     @abstractmethod
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
-        """Encode one prompt (also used for the negative prompt)."""
+        """Encode one (positive) prompt."""
+
+    def encode_negative_prompt(self, prompt: str) -> PromptEmbedding:
+        """Encode the negative prompt (the same as a positive one unless the family's
+        pipeline treats it differently, e.g. SANA gives it no system instruction)."""
+        return self.encode_prompt(prompt)
 
     # --- timesteps ----------------------------------------------------------------------
     def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:

@@ -37,6 +37,8 @@ class FluxAdapter(ModelAdapter):
     default_guidance = 3.5
     grid_multiple = 2
     preferred_half = torch.bfloat16
+    native_view_px = 1024
+    default_size = "4K"
     schnell_steps: ClassVar[int] = 4
     schnell_guidance: ClassVar[float] = 0.0
 
@@ -57,6 +59,13 @@ class FluxAdapter(ModelAdapter):
     def uses_cfg(self, guidance: float) -> bool:
         # Guidance-distilled: the scale goes into the transformer's guidance embedding.
         return False
+
+    def cfg_scale(self, guidance: float, options: Any) -> float:
+        # FluxPipeline's true CFG: a negative prompt with true_cfg_scale > 1 adds a negative
+        # pass, pred = neg + true_cfg_scale * (pos - neg), on top of the distilled guidance.
+        true_cfg = getattr(options, "true_cfg_scale", None) or 1.0
+        negative = getattr(options, "negative_prompt", "") or ""
+        return float(true_cfg) if true_cfg > 1.0 and negative.strip() else 1.0
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> PromptEmbedding:

@@ -33,6 +33,11 @@ class LTXVideoAdapter(ModelAdapter):
     # One step is a zero-length terminal-shifted schedule (NaN timesteps, in LTXPipeline too).
     min_steps = 2
     preferred_half = torch.bfloat16
+    # Trained around 768 x 512; a 2K panorama gives 576 px views.
+    native_view_px = 512
+    min_view_px = 384
+    default_size = "2K"
+    typical_vae_scale_factor = 32
     is_video = True
     temporal_compression = 8
     default_frames = 121

@@ -21,9 +21,19 @@ class StableDiffusionAdapter(ModelAdapter):
         "requires_safety_checker": False,
     }
 
+    # SD 1.5: 512 px; a 2K panorama gives 552 px views.
+    native_view_px = 512
+    min_view_px = 384
+    default_size = "2K"
+
     @property
     def latent_channels(self) -> int:
         return int(self.pipe.unet.config.in_channels)
+
+    def uses_cfg(self, guidance: float) -> bool:
+        # An LCM-distilled UNet (time_cond_proj_dim) takes the scale as an input instead,
+        # as StableDiffusionPipeline does.
+        return guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
@@ -40,6 +50,19 @@ class StableDiffusionAdapter(ModelAdapter):
             inp.latents.to(device=self.device, dtype=unet.dtype),
             self.expand_timestep(inp),
             encoder_hidden_states=cond["encoder_hidden_states"],
+            timestep_cond=guidance_embedding(self.pipe, guidance, inp.latents.shape[0]),
             return_dict=False,
         )[0]
         return out.float().to(inp.latents.device)
+
+
+def guidance_embedding(pipe: Any, guidance: float, n: int) -> torch.Tensor | None:
+    """The guidance-scale embedding an LCM-distilled UNet takes as ``timestep_cond`` (None
+    for other UNets), as the SD and SDXL pipelines make it: embed(guidance - 1)."""
+    unet = pipe.unet
+    dim = unet.config.time_cond_proj_dim
+    if dim is None:
+        return None
+    w = torch.tensor(guidance - 1.0).repeat(n)
+    embedding = pipe.get_guidance_scale_embedding(w, embedding_dim=dim)
+    return embedding.to(device=unet.device, dtype=unet.dtype)

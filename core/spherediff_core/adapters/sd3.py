@@ -20,6 +20,8 @@ class StableDiffusion3Adapter(ModelAdapter):
     grid_multiple = 2
     # SD3.5 is released in bf16 and its T5 overflows in fp16; bf16 suits SD3-medium as well.
     preferred_half = torch.bfloat16
+    native_view_px = 1024
+    default_size = "4K"
     max_sequence_length: ClassVar[int] = 256
     """T5 tokens per prompt, as StableDiffusion3Pipeline's default."""
 

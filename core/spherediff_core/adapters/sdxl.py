@@ -6,6 +6,7 @@ import torch
 
 from ..denoise import DenoiserInput
 from .base import ModelAdapter, PromptEmbedding, stack_conditioning
+from .sd import guidance_embedding
 
 
 class StableDiffusionXLAdapter(ModelAdapter):
@@ -13,6 +14,8 @@ class StableDiffusionXLAdapter(ModelAdapter):
     pipeline_classes = ("StableDiffusionXLPipeline",)
     default_steps = 30
     default_guidance = 5.0
+    native_view_px = 1024
+    default_size = "4K"
 
     @property
     def latent_channels(self) -> int:
@@ -43,10 +46,17 @@ class StableDiffusionXLAdapter(ModelAdapter):
             prompt, {"encoder_hidden_states": embeds.cpu(), "text_embeds": pooled.cpu()}
         )
 
-    def _time_ids(self, n: int, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-        """Micro-conditioning: original size, crop (0, 0), target size = the view's pixels."""
-        s = self.vae_scale_factor
-        size = (h * s, w * s)
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """The model's default generation size (1024 x 1024 for SDXL base), in pixels."""
+        side = int(self.pipe.default_sample_size) * self.vae_scale_factor
+        return side, side
+
+    def _time_ids(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """Micro-conditioning: original size, crop (0, 0), target size. Both sizes are the
+        model's native size, as SDXLPipeline's defaults for a generation at that size: a
+        view is a crop of a high-resolution panorama, not an upscaled small image."""
+        size = self.native_size
         pooled_dim = (
             self.pipe.text_encoder_2.config.projection_dim
             if self.pipe.text_encoder_2 is not None
@@ -63,18 +73,13 @@ class StableDiffusionXLAdapter(ModelAdapter):
     @torch.no_grad()
     def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:
         unet = self.pipe.unet
-        n, _, h, w = inp.latents.shape
+        n = inp.latents.shape[0]
         cond = stack_conditioning(inp.conditioning, self.device, unet.dtype)
         added = {
             "text_embeds": cond["text_embeds"],
-            "time_ids": self._time_ids(n, h, w, unet.dtype),
+            "time_ids": self._time_ids(n, unet.dtype),
         }
-        timestep_cond = None
-        if unet.config.time_cond_proj_dim is not None:
-            w_embed = torch.tensor(guidance - 1.0).repeat(n)
-            timestep_cond = self.pipe.get_guidance_scale_embedding(
-                w_embed, embedding_dim=unet.config.time_cond_proj_dim
-            ).to(device=self.device, dtype=unet.dtype)
+        timestep_cond = guidance_embedding(self.pipe, guidance, n)
         out = unet(
             inp.latents.to(device=self.device, dtype=unet.dtype),
             self.expand_timestep(inp),

@@ -27,6 +27,13 @@ class WanAdapter(ModelAdapter):
     default_steps = 50
     default_guidance = 5.0
     preferred_half = torch.bfloat16
+    # Wan's recipe keeps AutoencoderKLWan in float32 whatever the transformer's dtype.
+    component_dtypes: ClassVar[dict[str, torch.dtype]] = {"vae": torch.float32}
+    # Wan 2.1 1.3B: 832 x 480; a 2K panorama gives 560 px views.
+    native_view_px = 480
+    min_view_px = 360
+    default_size = "2K"
+    grid_multiple = 2
     is_video = True
     temporal_compression = 4
     default_frames = 81
