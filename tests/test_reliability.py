@@ -815,7 +815,9 @@ def _(sb):
     max_refuse_s=2.0,
 )
 def _(sb):
-    run = Events(sb, WORKER, long_job(sb))
+    # As the add-on starts it: --parent-pid makes a closed standard input mean "the client
+    # is gone" (without it, closing standard input after the job line is allowed).
+    run = Events(sb, (*WORKER, "--parent-pid", str(os.getpid())), long_job(sb))
     run.wait_for(denoising)
     run.proc.stdin.close()
     code, seconds = run.finish()
@@ -823,9 +825,10 @@ def _(sb):
 
 
 PARENT = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 job = sys.stdin.readline()
-child = subprocess.Popen([sys.executable, "-m", "spherediff_core.worker"],
+child = subprocess.Popen([sys.executable, "-m", "spherediff_core.worker",
+                          "--parent-pid", str(os.getpid())],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 child.stdin.write(job.encode()); child.stdin.flush()
 for line in child.stdout:
@@ -917,7 +920,7 @@ def _(sb):
         outcome, code, message, _ = run_cli(sb, cli_args(sb, width="512", out=str(full / "p.png")))
         left = sorted(p.name for p in full.iterdir())
     assert left == [], left
-    return ("failed cleanly" if code == "exit 2" else outcome), code, message, ""
+    return ("failed cleanly" if code == "exit 5" else outcome), code, message, ""
 
 
 @case(
@@ -942,7 +945,7 @@ def _(sb):
     assert left == [], left
     sb.seconds = time.monotonic() - run.t0
     message = last_error_line("\n".join(run.err))
-    return ("failed cleanly" if code == 2 else f"exit {code}"), f"exit {code}", message, ""
+    return ("failed cleanly" if code == 5 else f"exit {code}"), f"exit {code}", message, ""
 
 
 @case(

@@ -519,8 +519,10 @@ def test_environment_oserrors_map_to_output_error(name, fix):
     assert "internal" not in report.message and "please report" not in report.message
 
 
-def test_a_folder_in_the_sidecars_place_is_an_output_error(engine_env, tiny_sd15, tmp_path):
-    """A real failure late in the run (EISDIR when the sidecar is put in place)."""
+def test_a_folder_in_the_sidecars_place_is_refused_before_loading(engine_env, tiny_sd15, tmp_path):
+    """A folder where the sidecar goes is refused up front (issue 8 B); failures late in
+    the run (a full disk, a folder made read-only) are output errors, exit 5: see the
+    fault cases of tests/test_reliability.py."""
     out = tmp_path / "out" / "pano.png"
     (tmp_path / "out" / "pano.json").mkdir(parents=True)
     proc = subprocess.run(
@@ -531,9 +533,8 @@ def test_a_folder_in_the_sidecars_place_is_an_output_error(engine_env, tiny_sd15
         encoding="utf-8",
         timeout=300,
     )
-    assert proc.returncode == 5, proc.stderr
-    assert "spherediff: error: could not write" in proc.stderr
-    assert "pano" in proc.stderr.splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr
+    assert "pano.json" in proc.stderr and "is a folder" in proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -558,8 +559,8 @@ def test_output_name_too_long_is_refused_up_front(engine_env, tiny_sd15, tmp_pat
 
 
 def test_name_length_is_checked_in_options(tmp_path):
-    # 233 + ".json" + 16 reserved = 254 bytes fits; a video's "<stem>_frames" (256) not.
-    stem = "p" * 233
+    # 223 + ".json" + 26 reserved = 254 bytes fits; a video's "<stem>_frames" (256) not.
+    stem = "p" * 223
     GenerationOptions(prompt="x", output=str(tmp_path / f"{stem}.png")).validate()
     video = GenerationOptions(prompt="x", output=str(tmp_path / f"{stem}.mp4"), video=True)
     with pytest.raises(ValueError, match=r"output: the file name 'ppp.*shorten it by 1 bytes"):
