@@ -232,9 +232,9 @@ cli_case(
 )
 cli_case(
     "cli-output-is-folder",
-    "--out names an existing folder",
-    ("output", "folder"),
-    raw=lambda sb: cli_args(sb, out=str(sb.out)),
+    "--out names an existing folder (a folder called pano.png)",
+    ("output", "is a folder"),
+    raw=lambda sb: cli_args(sb, out=str(_folder(sb, "pano.png"))),
 )
 cli_case(
     "cli-cache-dir-is-file",
@@ -250,6 +250,13 @@ cli_case(
     ("output", ".mp4"),
     raw=lambda sb: [*cli_args(sb, model=model("ltx"), out=str(sb.out / "c.jpg")), "--video"],
 )
+
+
+def _folder(sb: Sandbox, name: str) -> Path:
+    path = sb.out / name
+    path.mkdir()
+    sb.keep(path)
+    return path
 
 
 def _file(sb: Sandbox, name: str, text: str = "x") -> Path:
@@ -642,7 +649,7 @@ folder_case("model-truncated-weights", "a truncated .safetensors file", ("unet",
 folder_case(
     "model-custom-code",
     "a component with custom code (my_unet.py)",
-    ("unet", "custom"),
+    ("unet", "my_unet", "not a diffusers or transformers class"),
     _custom_code,
 )
 folder_case("model-missing-component", "the unet folder deleted", ("unet",), _missing_component)
@@ -1034,6 +1041,165 @@ def _(sb):
 
 
 # --------------------------------------------------------------------------------------
+# What a new user met (issue 8: 1, 7, 10, 11) and the add-on's saving (C)
+# --------------------------------------------------------------------------------------
+
+
+def _addon_module(name: str):
+    """An add-on module that needs no bpy, loaded from its file (the package's __init__
+    imports bpy)."""
+    import importlib.util
+
+    from tests.support.engine_process import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        f"addon_{name}", REPO / "spherediff_blender" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+PLANTED = "open({marker!r}, 'w').write('planted module ran')\nraise ImportError('planted')\n"
+
+
+@case(
+    "env-planted-module-in-cwd",
+    "environment",
+    "argparse.py and json.py in the folder the worker is started from (the add-on's way)",
+    names=("prompt",),
+    defect="11",
+)
+def _(sb):
+    wc = _addon_module("worker_client")
+    neutral_cwd, worker_argv, worker_env = wc.neutral_cwd, wc.worker_argv, wc.worker_env
+    marker = sb.root / "planted-ran"
+    for name in ("argparse.py", "json.py"):
+        _file(sb, name, PLANTED.format(marker=str(marker)))
+    env = worker_env(base=sb.env)
+    argv = worker_argv(sys.executable)
+    assert neutral_cwd() != str(sb.root)
+    t0 = time.monotonic()
+    job = json.dumps({"protocol": 1, "options": job_options(sb, prompt="  ")})
+    proc = subprocess.run(argv, input=job.encode(), capture_output=True, env=env, cwd=sb.root)
+    sb.seconds = time.monotonic() - t0
+    assert not marker.exists(), "a module from the current folder ran in the worker"
+    last = worker_events(proc.stdout.decode())[-1]
+    outcome = "refused" if last.get("code") == "bad_input" else f"error {last.get('code')}"
+    return outcome, f"{last.get('code')} (exit {proc.returncode})", last.get("message", ""), ""
+
+
+@case(
+    "cli-pndm-steps-shown",
+    "command line",
+    "--steps 2 with a PNDM model: the progress counts the warm-up step and says so",
+    expect="succeeded",
+    names=("warm-up",),
+    defect="7",
+    max_refuse_s=120,
+)
+def _(sb):
+    code, _out, err, seconds = sb.python(*GEN, *cli_args(sb))
+    sb.seconds = seconds
+    sb.keep(sb.out / "pano.png", sb.out / "pano.json")
+    shown = [ln for ln in err.splitlines() if "step 3/3" in ln]
+    assert code == 0 and shown, err[-2000:]
+    return "succeeded", f"exit {code}", shown[-1].strip(), ""
+
+
+@case(
+    "script-make-world-help",
+    "environment",
+    "scripts/make_world.sh --help prints its usage, not its own code",
+    expect="succeeded",
+    names=("--prompt",),
+    defect="10",
+)
+def _(sb):
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    from tests.support.engine_process import REPO
+
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "make_world.sh"), "--help"],
+        capture_output=True,
+        text=True,
+        env=sb.env,
+        cwd=sb.root,
+    )
+    sb.seconds = time.monotonic() - t0
+    assert proc.returncode == 0 and "set -euo" not in proc.stdout, proc.stdout
+    usage = next(ln for ln in proc.stdout.splitlines() if "--prompt" in ln)
+    return "succeeded", "exit 0", usage.strip(), ""
+
+
+@case(
+    "addon-package-allow-list",
+    "environment",
+    "the extension .zip holds only the add-on (no outputs, .blend files or scripts)",
+    expect="succeeded",
+    names=("spherediff_blender/",),
+    defect="1",
+)
+def _(sb):
+    import zipfile
+
+    package = sb.fixtures["extension_zip"]
+    names = sorted(n for n in zipfile.ZipFile(package).namelist() if not n.endswith("/"))
+    allowed = ("__init__.py", "blender_manifest.toml", "spherediff_blender/", "wheels/")
+    stray = [n for n in names if not n.startswith(allowed)]
+    assert not stray, stray
+    sb.seconds = 0.0
+    return "succeeded", f"{len(names)} files", "only " + ", ".join(allowed), ""
+
+
+SAVE_ON_FULL_DISK = """
+import importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("saving", sys.argv[3])
+saving = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(saving)
+src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+try:
+    saving.save_all([(dest / "pano.png", saving.file_from(src)),
+                     (dest / "pano.json", saving.text_of("{}"))])
+except OSError as exc:
+    print(f"could not save: {exc}")
+    sys.exit(5)
+"""
+
+
+@case(
+    "addon-save-across-file-systems-disk-full",
+    "fault",
+    "the add-on saves a result onto a full 64 KiB file system (a copy, not a rename)",
+    expect="failed cleanly",
+    names=("space",),
+    defect="C",
+)
+def _(sb):
+    from tests.support.engine_process import REPO
+
+    src = sb.root / "staged.png"
+    src.write_bytes(os.urandom(300_000))
+    sb.keep(src)
+    with mounted(sb.out / "full", "-t", "tmpfs", "-o", "size=64k", "tmpfs") as full:
+        sb.snapshot_setup()
+        saving = REPO / "spherediff_blender" / "saving.py"
+        code, out, err, seconds = sb.python(
+            "-c", SAVE_ON_FULL_DISK, str(src), str(full), str(saving)
+        )
+        left = sorted(p.name for p in full.iterdir())
+    sb.seconds = seconds
+    assert left == [], left
+    assert src.is_file()  # the staged file is kept until the save succeeded
+    outcome = "failed cleanly" if code == 5 else f"exit {code}"
+    return outcome, f"exit {code}", (out + err).strip()[-300:], ""
+
+
+# --------------------------------------------------------------------------------------
 # The Blender operator (issue 8: J, 6), inside real bpy 5.0
 # --------------------------------------------------------------------------------------
 
@@ -1058,6 +1224,11 @@ OPERATOR_CASES = {
         {"video": True, "model_preset": "CUSTOM", "custom_model": "$MODEL"},
         "video=True with an image model",
         ("video",),
+    ),
+    "op-generates": (
+        {"seed": 9},
+        "a good call: the saved sidecar names the saved PNG, not the staging folder",
+        (),
     ),
     "op-python-missing": (
         {"env_python": "/no/such/python"},
@@ -1114,20 +1285,32 @@ def operator_results(tmp_path_factory, tiny_sd15, extension_zip):
 
 
 def _operator_case(case_id: str, what: str, names: tuple[str, ...]):
+    succeeds = case_id == OPERATOR_SUCCESS
+
     def run(sb: Sandbox):
         data = sb.fixtures["operator_results"]
         res = data["cases"][case_id]
         sb.seconds = res["seconds"]
-        assert res["unchanged"], f"the World changed: {res}"
         assert res["staging"] == [] and res["children"] == [], res
-        assert res["outputs"] == [], res["outputs"]
         message = res["error"] or res["last_error"] or ""
+        if succeeds:
+            assert res["result"] == ["FINISHED"], res
+            (png,) = [p for p in res["outputs"] if p.endswith(".png")]
+            doc = res["sidecars"][png.removesuffix(".png") + ".json"]
+            saved = str(Path(data["work"]) / png)
+            assert (doc["image"], doc["options"]["output"]) == (Path(png).name, saved), doc
+            return "succeeded", str(res["result"]), f"sidecar: image {doc['image']}", ""
+        assert res["unchanged"], f"the World changed: {res}"
+        assert res["outputs"] == [], res["outputs"]
         refused = res["result"] != ["FINISHED"] and bool(message)
         return ("refused" if refused else "succeeded"), str(res["result"]), message, ""
 
-    CASES.append(Case(case_id, "Blender operator", what, run, names=names, defect="J"))
+    defect = {"op-size-and-width": "J, 6", OPERATOR_SUCCESS: "2"}.get(case_id, "J")
+    expect = "succeeded" if succeeds else "refused"
+    CASES.append(Case(case_id, "Blender operator", what, run, expect, names, defect))
 
 
+OPERATOR_SUCCESS = "op-generates"
 for _id, (_spec, _what, _names) in OPERATOR_CASES.items():
     _operator_case(_id, f"bpy.ops.spherediff.generate({_what})", _names)
 
@@ -1142,8 +1325,12 @@ def test_case(case: Case, tmp_path, request):
     sb = Sandbox(tmp_path / "case", case.id, CTX["env"])
     if case.surface == "Blender operator":
         sb.fixtures["operator_results"] = request.getfixturevalue("operator_results")
+    if case.id == "addon-package-allow-list":
+        sb.fixtures["extension_zip"] = request.getfixturevalue("extension_zip")
     try:
         outcome, code, message, notes = case.run(sb)
+        # The table shows paths inside the case's own folder as <case>/...
+        message = message.replace(str(sb.root), "<case>")
         record = Record(outcome, code, message, sb.seconds, notes=notes)
         record.left = sb.leftovers()
         record.processes = sb.processes()

@@ -40,6 +40,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _outputs(work: Path) -> list[Path]:
+    folder = work / "spherediff"
+    return sorted(folder.rglob("*")) if folder.exists() else []
+
+
 def run_cases(args, out: dict) -> None:
     out["install"] = sc.install_and_enable(args.zip)
     work = Path(args.work)
@@ -72,6 +77,7 @@ def run_cases(args, out: dict) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
         before = sc.world_snapshot(scene)
+        earlier = set(_outputs(work))
         try:
             res = sc.call_generate(**spec)
         except (TypeError, ValueError) as exc:  # Blender refused the argument itself
@@ -88,11 +94,13 @@ def run_cases(args, out: dict) -> None:
         res["unchanged"] = sc.world_snapshot(scene) == before
         res["staging"] = sc.staging_leftovers()
         res["children"] = sc.child_processes()
-        res["outputs"] = (
-            sorted(str(p.relative_to(work)) for p in (work / "spherediff").rglob("*"))
-            if (work / "spherediff").exists()
-            else []
-        )
+        outputs = [p for p in _outputs(work) if p not in earlier]  # this case's alone
+        res["outputs"] = [str(p.relative_to(work)) for p in outputs]
+        res["sidecars"] = {
+            str(p.relative_to(work)): json.loads(p.read_text(encoding="utf-8"))
+            for p in outputs
+            if p.suffix == ".json"
+        }
         results[case_id] = res
         s.last_error = ""
     out["cases"] = results

@@ -220,7 +220,9 @@ def run_parity(case_id: str, precision: str, folders, tmp_path, monkeypatch):
     _patch(pipe, case.patch, dtype)
     grid = case.size // adapter.vae_scale_factor
     plan = identity_plan(grid, grid)
-    monkeypatch.setattr(pipeline_module, "load_or_build_plan", lambda config, cache_dir: plan)
+    monkeypatch.setattr(
+        pipeline_module, "load_or_build_plan", lambda config, cache_dir, should_cancel=None: plan
+    )
 
     seen: dict[str, torch.Tensor] = {}
     real_decode = adapter.decode
