@@ -50,6 +50,27 @@ def tiny_sd15(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory):
+    """family -> folder of its tiny pipeline, every family and FLUX.1-schnell's variant
+    ("flux-schnell"), built once per session (the adapter and parity tests share them)."""
+    from tests.support.tiny_pipelines import (
+        FAMILIES,
+        build_tiny_flux_schnell,
+        build_tiny_pipeline,
+    )
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("tiny_models")
+        folders = {fam: build_tiny_pipeline(fam, root / fam) for fam in FAMILIES}
+        folders["flux-schnell"] = build_tiny_flux_schnell(folders["flux"], root / "flux-schnell")
+        return folders
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def engine_env(tmp_path_factory):
     """Environment for engine subprocesses: PYTHONPATH=<repo>/core, 1 thread, offline."""
     from tests.support.engine_process import engine_env as make_env

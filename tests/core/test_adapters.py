@@ -23,7 +23,6 @@ from spherediff_core.pipeline import SphereDiffPipeline, check_grid_limit, plan_
 from spherediff_core.plan import load_or_build_plan
 
 from tests.core.panoramas import row_variation, seam_ratio
-from tests.support.tiny_pipelines import build_tiny_pipeline
 
 FAMILIES = ("sd15", "sdxl", "sana", "flux", "sd3")
 WIDTH = 256
@@ -37,34 +36,6 @@ DEFAULTS = {
     "sd3": (28, 7.0),
 }
 STEPS = 2
-
-
-@pytest.fixture(scope="session")
-def tiny_folders(tmp_path_factory):
-    """family -> folder of its tiny pipeline (built once per session)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("tiny_models")
-    folders = {fam: build_tiny_pipeline(fam, root / fam) for fam in FAMILIES}
-    folders["flux-schnell"] = _schnell_like(folders["flux"], root / "flux-schnell")
-    torch.set_num_threads(before)
-    return folders
-
-
-def _schnell_like(flux_folder, folder):
-    """The tiny FLUX with FLUX.1-schnell's differences: no guidance embedding, static shift 1."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-
-    pipe = FluxPipeline.from_pretrained(flux_folder)
-    torch.manual_seed(1)
-    pipe.transformer = FluxTransformer2DModel.from_config(
-        {**pipe.transformer.config, "guidance_embeds": False}
-    ).eval()
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -26,17 +26,10 @@ from spherediff_core.pipeline import (
     size_advice,
 )
 
-from tests.support.tiny_pipelines import build_tiny_pipeline
-
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("fidelity_models")
-    out = {fam: build_tiny_pipeline(fam, root / fam) for fam in ("sd15", "sana", "flux", "wan")}
-    torch.set_num_threads(before)
-    return out
+def folders(tiny_folders):
+    return tiny_folders  # shared with the adapter and parity tests (tests/conftest.py)
 
 
 def load(folder, tmp_path, **kw) -> SphereDiffPipeline:

@@ -27,7 +27,6 @@ import pytest
 import torch
 from diffusers import (
     EulerAncestralDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
     LCMScheduler,
     UNet2DConditionModel,
 )
@@ -36,8 +35,6 @@ from spherediff_core import pipeline as pipeline_module
 from spherediff_core.options import GenerationOptions
 from spherediff_core.pipeline import SphereDiffPipeline
 from spherediff_core.plan import PlanConfig, SamplingPlan
-
-from tests.support.tiny_pipelines import build_tiny_pipeline
 
 PROMPT = "a city by the sea"
 SEED = 7
@@ -122,32 +119,8 @@ BF16_CASES = ("sd15", "sdxl", "sana", "flux-dev", "flux-schnell", "sd3", "ltx", 
 
 
 @pytest.fixture(scope="session")
-def parity_folders(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("parity_models")
-    folders = {}
-    for fam in ("sd15", "sdxl", "sana", "flux", "sd3", "ltx", "wan"):
-        folders[fam] = build_tiny_pipeline(fam, root / fam)
-    folders["flux-schnell"] = _schnell_like(folders["flux"], root / "flux-schnell")
-    torch.set_num_threads(before)
-    return folders
-
-
-def _schnell_like(flux_folder, folder):
-    """The tiny FLUX with FLUX.1-schnell's differences: no guidance embedding, static shift."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-
-    pipe = FluxPipeline.from_pretrained(flux_folder)
-    torch.manual_seed(1)
-    pipe.transformer = FluxTransformer2DModel.from_config(
-        {**pipe.transformer.config, "guidance_embeds": False}
-    ).eval()
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
+def parity_folders(tiny_folders):
+    return tiny_folders
 
 
 def identity_plan(h: int, w: int, fov_deg: float = 80.0) -> SamplingPlan:

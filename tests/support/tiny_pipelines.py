@@ -63,7 +63,7 @@ import torch
 
 FAMILIES = ("sana", "sd15", "sdxl", "flux", "sd3", "ltx", "wan")
 
-__all__ = ["FAMILIES", "build_tiny_components", "build_tiny_pipeline"]
+__all__ = ["FAMILIES", "build_tiny_components", "build_tiny_flux_schnell", "build_tiny_pipeline"]
 
 
 # --------------------------------------------------------------------------------------
@@ -733,5 +733,23 @@ def build_tiny_pipeline(family: str, folder: pathlib.Path, seed: int = 0) -> pat
     pipe = pipeline_class(**components)
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def build_tiny_flux_schnell(flux_folder: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+    """The tiny FLUX (``build_tiny_pipeline("flux", ...)``) with FLUX.1-schnell's
+    differences: no guidance embedding, a static shift of 1; saved to ``folder``."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    pipe = FluxPipeline.from_pretrained(flux_folder)
+    torch.manual_seed(1)
+    pipe.transformer = FluxTransformer2DModel.from_config(
+        {**pipe.transformer.config, "guidance_embeds": False}
+    ).eval()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
