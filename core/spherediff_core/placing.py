@@ -75,6 +75,10 @@ def _sidecar_problem(sidecar: Path) -> str:
         if sidecar.stat().st_size > MAX_SIDECAR_BYTES:  # ours are a few KB
             raise ValueError("too large for a sidecar")
         doc = json.loads(sidecar.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        # Another writer moved it aside between lexists and the read: nothing to protect
+        # now, and the check is made again under the output's lock.
+        return ""
     except (OSError, ValueError, RecursionError):  # RecursionError: hostile nesting
         return f"{str(sidecar)!r} exists and is not a SphereDiff sidecar (unreadable); {fix}"
     if not isinstance(doc, dict) or doc.get("format") != SIDECAR_FORMAT:
