@@ -55,7 +55,8 @@ PHASES = {  # phase -> (share of the bar where it starts, where it ends, label)
     "start": (0.0, 0.0, "Starting"),
     "load": (0.0, 0.06, "Loading model"),
     "denoise": (0.06, 0.92, "Denoising"),
-    "decode": (0.92, 0.98, "Decoding"),
+    "decode": (0.92, 0.97, "Decoding"),
+    "hdr": (0.97, 0.98, "Lifting to HDR"),
     "write": (0.98, 1.0, "Writing"),
 }
 

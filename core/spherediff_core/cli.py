@@ -45,8 +45,8 @@ __all__ = ["EXIT_CODES_HELP", "ProgressPrinter", "build_parser", "main"]
 
 EXIT_CODES_HELP = f"""\
 exit codes:
-  {EXIT_OK:<4} success: the PNG (or a video's frames and MP4) and the .json sidecar were
-       written
+  {EXIT_OK:<4} success: the PNG (or a video's frames and MP4; with --hdr also the EXR)
+       and the .json sidecar were written
   {EXIT_INTERNAL:<4} internal error (a bug; run with --verbose for the traceback)
   {EXIT_BAD_INPUT:<4} bad input: an option is invalid; nothing was loaded or written
   {EXIT_MODEL:<4} model not found (not a local folder, not cached, Hub unreachable), a
@@ -156,6 +156,14 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
         "fps",
         ("--fps",),
         {"type": int, "help": "video frame rate (default: the model's, 24 LTX-Video, 16 Wan)"},
+    ),
+    (
+        "hdr",
+        ("--hdr",),
+        {
+            "help": "also write <stem>.exr: the panorama lifted to linear HDR with its sun "
+            "(stills only; the sidecar gets the hdr block)"
+        },
     ),
     (
         "output",
@@ -395,12 +403,24 @@ def _generate(args: argparse.Namespace) -> int:
             flush=True,
         )
         return EXIT_OK
+    hdr = ""
+    if outcome.exr is not None:
+        hdr = f", HDR {outcome.exr.name} ({_sun_text(outcome.sun)})"
     print(
-        f"wrote {outcome.image} ({outcome.width}x{outcome.height}) in {outcome.seconds:.1f} s, "
-        f"seed {outcome.seed}; parameters in {outcome.sidecar.name}",
+        f"wrote {outcome.image} ({outcome.width}x{outcome.height}){hdr} in "
+        f"{outcome.seconds:.1f} s, seed {outcome.seed}; parameters in {outcome.sidecar.name}",
         flush=True,
     )
     return EXIT_OK
+
+
+def _sun_text(sun: dict[str, Any] | None) -> str:
+    if not sun or not sun.get("visible"):
+        return "no sun"
+    return (
+        f"sun at azimuth {sun['azimuth_deg']:.1f} deg, elevation {sun['elevation_deg']:.1f} deg, "
+        f"{sun['strength']:.3g} W/m^2"
+    )
 
 
 def _hdr(args: argparse.Namespace) -> int:
@@ -429,13 +449,7 @@ def _hdr(args: argparse.Namespace) -> int:
         sys.stderr.write(f"spherediff: error: {describe_os_error(exc, 'cannot write', str(out))}\n")
         return EXIT_OUTPUT
     if not args.quiet:
-        sun = result.sun
-        what = (
-            f"sun at azimuth {sun.azimuth_deg:.1f} deg, elevation {sun.elevation_deg:.1f} deg, "
-            f"{sun.strength:.3g} W/m^2"
-            if sun.visible
-            else "no sun"
-        )
+        what = _sun_text(result.sun.to_dict())
         print(f"wrote {paths.exr} ({what}); {paths.sidecar.name}", flush=True)
     return EXIT_OK
 

@@ -26,8 +26,16 @@ from typing import Any
 import numpy as np
 
 from . import placing
-from .hdr import HALF_MAX, HDRResult
-from .outputs import METADATA_VERSION, _dumps, _put_in_place, _save_text, _temp_name, _writing
+from .hdr import HDRResult
+from .outputs import (
+    METADATA_VERSION,
+    _dumps,
+    _put_in_place,
+    _save_exr,
+    _save_text,
+    _temp_name,
+    _writing,
+)
 
 __all__ = ["HDROutputPaths", "read_exr", "read_ldr_panorama", "write_hdr_outputs"]
 
@@ -36,17 +44,6 @@ __all__ = ["HDROutputPaths", "read_exr", "read_ldr_panorama", "write_hdr_outputs
 class HDROutputPaths:
     exr: Path
     sidecar: Path
-
-
-def _save_exr(image: np.ndarray, path: Path) -> None:
-    import OpenEXR
-
-    rgb = np.ascontiguousarray(np.clip(image, 0.0, HALF_MAX).astype(np.float16))
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-    with OpenEXR.File(header, {"RGB": rgb}) as exr:
-        exr.write(str(path))
-    with open(path, "rb+") as fh:  # durable before the rename, as the PNG is
-        os.fsync(fh.fileno())
 
 
 def read_exr(path: str | os.PathLike[str]) -> np.ndarray:

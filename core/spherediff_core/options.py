@@ -72,6 +72,10 @@ class GenerationOptions:
     nearest valid counts. ``output`` then names the outputs by its stem (it may end in .png
     or .mp4): ``<stem>_frames/frame_0001.png``..., ``<stem>.mp4`` and ``<stem>.json``.
     ``frames`` and ``fps`` are ignored for stills.
+
+    HDR (``hdr=True``, stills only): the decoded panorama is also lifted to scene-referred
+    linear HDR with its sun (:mod:`spherediff_core.hdr`) and written as ``<stem>.exr``
+    beside the PNG; the sidecar gets the ``hdr`` block. Videos stay LDR in this version.
     """
 
     prompt: str
@@ -104,6 +108,7 @@ class GenerationOptions:
     frames: int | None = None
     fps: int | None = None
     true_cfg_scale: float | None = None
+    hdr: bool = False
 
     @property
     def height(self) -> int:
@@ -187,11 +192,17 @@ class GenerationOptions:
             _check_int("frames", self.frames, 1, MAX_FRAMES)
         if self.fps is not None:
             _check_int("fps", self.fps, 1, MAX_FPS)
-        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline", "video"):
+        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline", "video", "hdr"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(name, f"{getattr(self, name)!r} must be true or false")
+        if self.hdr and self.video:
+            raise OptionsError(
+                "hdr",
+                "a video stays LDR in this version (the lift is for stills); turn hdr off "
+                "for a video, or lift single frames with: spherediff hdr FRAME.png",
+            )
         # Files
-        _check_name_length("output", self.output, self.video)
+        _check_name_length("output", self.output, self.video, self.hdr)
         _check_output(self.output, self.video)
         if self.cache_dir is not None:
             if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
@@ -268,7 +279,7 @@ def _check_unicode(name: str, value: str) -> None:
         raise OptionsError(name, f"is not valid text: {why}") from None
 
 
-def _check_name_length(name: str, value: str, video: bool) -> None:
+def _check_name_length(name: str, value: str, video: bool, hdr: bool = False) -> None:
     """The output's names must fit the file system: refused here, not after the whole
     generation. The outputs derive names from it (``<stem>.json``, a video's
     ``<stem>_frames``) and write each first under a temporary name that adds up to
@@ -287,6 +298,7 @@ def _check_name_length(name: str, value: str, video: bool) -> None:
                 f"file system takes at most {limit}: choose a shorter name",
             )
     derived = [path.name, f"{path.stem}.json"] + ([f"{path.stem}_frames"] if video else [])
+    derived += [f"{path.stem}.exr"] if hdr else []
     longest = max(_name_size(n) for n in derived)
     excess = longest + OUTPUT_NAME_RESERVE - limit
     if excess > 0:

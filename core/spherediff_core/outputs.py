@@ -66,6 +66,7 @@ FRAME_PATTERN = "frame_%04d.png"
 class OutputPaths:
     image: Path
     sidecar: Path
+    exr: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,25 @@ def _save_text(text: str, path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _save_exr(image: Any, path: Path) -> None:
+    """Write (H, W, 3) float linear values as a half-float RGB OpenEXR (ZIP, scanlines).
+
+    Through the Academy Software Foundation's ``OpenEXR`` bindings (the library Blender
+    itself reads with); values are clamped to [0, 65504], half float's range.
+    """
+    import numpy as np
+    import OpenEXR
+
+    from .hdr import HALF_MAX
+
+    rgb = np.ascontiguousarray(np.clip(image, 0.0, HALF_MAX).astype(np.float16))
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, {"RGB": rgb}) as exr:
+        exr.write(str(path))
+    with open(path, "rb+") as fh:  # durable before the rename, as the PNG is
+        os.fsync(fh.fileno())
+
+
 def _check_target(image: Path, sidecar: Path) -> None:
     problem = placing.output_problem(image, sidecar)
     if problem:
@@ -247,12 +267,16 @@ def write_outputs(
     *,
     versions: dict[str, str | None] | None = None,
     timings: dict[str, float] | None = None,
+    hdr: Any = None,
 ) -> OutputPaths:
-    """Write ``result`` as ``output`` (.png) and its sidecar (.json); return both paths.
+    """Write ``result`` as ``output`` (.png) and its sidecar (.json); return the paths.
 
-    The folder is created when missing. Atomic: both files go to temporary names in the
-    folder first and are renamed into place together; any failure removes the temporaries
-    and keeps an earlier image and sidecar of the same name as they were.
+    With ``hdr`` (an :class:`spherediff_core.hdr.HDRResult` of the same panorama) the lifted
+    panorama goes to ``<stem>.exr`` as well and the sidecar gets its ``hdr`` block.
+
+    The folder is created when missing. Atomic: every file goes to a temporary name in the
+    folder first and they are renamed into place together; any failure removes the
+    temporaries and keeps earlier files of the same names as they were.
     """
     image_path = placing.output_path(output)
     if image_path.suffix.lower() != ".png":
@@ -262,17 +286,27 @@ def write_outputs(
         result, versions=versions, timings=timings, output=image_path
     )
     array = image_to_uint8(result.image)
+    exr_path = image_path.with_suffix(".exr") if hdr is not None else None
+    if exr_path is not None:
+        sidecar_doc["hdr"] = hdr.hdr_block(exr_path.name)
+        sidecar_doc["timings"]["lift"] = round(float(hdr.seconds), 4)
 
     folder = image_path.parent
     with _writing(image_path, sidecar) as temps:
         tmp_image = _temp_name(folder, image_path)
         temps.append(tmp_image)
         _save_png(array, tmp_image, _dumps(png_doc, None))
+        moves: list[tuple[Path | None, Path]] = [(tmp_image, image_path)]
+        if exr_path is not None:
+            tmp_exr = _temp_name(folder, exr_path)
+            temps.append(tmp_exr)
+            _save_exr(hdr.image, tmp_exr)
+            moves.append((tmp_exr, exr_path))
         tmp_sidecar = _temp_name(folder, sidecar)
         temps.append(tmp_sidecar)
         _save_text(_dumps(sidecar_doc, 2) + "\n", tmp_sidecar)
-        _put_in_place(image_path, sidecar, [(tmp_image, image_path), (tmp_sidecar, sidecar)])
-    return OutputPaths(image=image_path, sidecar=sidecar)
+        _put_in_place(image_path, sidecar, [*moves, (tmp_sidecar, sidecar)])
+    return OutputPaths(image=image_path, sidecar=sidecar, exr=exr_path)
 
 
 # --------------------------------------------------------------------------------------

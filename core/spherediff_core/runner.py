@@ -425,6 +425,10 @@ class Outcome:
     mp4: Path | None = None
     warnings: list[str] = field(default_factory=list)
     """Notes for the user, e.g. views far below the model's native size."""
+    exr: Path | None = None
+    """With ``hdr``: the lifted panorama, linear half-float OpenEXR, sun included."""
+    sun: dict[str, Any] | None = None
+    """With ``hdr``: the sun found in the panorama (the sidecar's ``hdr.sun`` block)."""
 
 
 def check_options(options: GenerationOptions) -> GenerationOptions:
@@ -582,9 +586,19 @@ def generate(
         return _write_video(result, options, timings, t_start, report, token)
     from .outputs import write_outputs
 
+    lifted = None
+    if options.hdr:
+        from .hdr import lift_to_hdr
+
+        report(ProgressEvent("hdr", 0, 1, None, "lifting the panorama to HDR"))
+        lifted = lift_to_hdr(result.image)  # the decoded float ERP, finer than the PNG
+        token.check()
+        sun = lifted.sun
+        found = f"sun at elevation {sun.elevation_deg:.1f} deg" if sun.visible else "no sun"
+        report(ProgressEvent("hdr", 1, 1, None, found))
     report(ProgressEvent("write", 0, 1, None, "writing the PNG and its sidecar"))
     with _output_errors(options.output):
-        paths = write_outputs(result, options.output, timings=timings)
+        paths = write_outputs(result, options.output, timings=timings, hdr=lifted)
     seconds = time.perf_counter() - t_start
     report(ProgressEvent("write", 1, 1, None, f"wrote {paths.image.name}"))
     return Outcome(
@@ -597,6 +611,8 @@ def generate(
         timings=timings,
         model=dict(result.model),
         warnings=list(getattr(result, "warnings", [])),
+        exr=paths.exr,
+        sun=lifted.sun.to_dict() if lifted is not None else None,
     )
 
 

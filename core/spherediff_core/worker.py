@@ -396,7 +396,7 @@ def _discard_outcome(outcome: Any) -> None:
     """Remove the files a finished job wrote (its client is gone and will not take them)."""
     import shutil
 
-    paths = [outcome.image, outcome.sidecar]
+    paths = [outcome.image, outcome.exr, outcome.sidecar]
     if outcome.video:
         paths = [outcome.sidecar, outcome.mp4]
         if outcome.frames_dir is not None:
@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 seconds=round(outcome.seconds, 3),
                 seed=outcome.seed,
                 warnings=list(outcome.warnings),  # additive: notes for the user
+                exr=None if outcome.exr is None else str(outcome.exr),  # additive (hdr)
+                sun=outcome.sun,  # additive: the sidecar's hdr.sun block, or null
                 **video,
             )
             stopping.deadline.settle(EXIT_OK)

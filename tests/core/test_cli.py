@@ -104,6 +104,33 @@ def test_same_seed_gives_identical_png(two_runs):
     assert first.out.read_bytes() == second.out.read_bytes()
 
 
+def test_generate_hdr_writes_the_exr_beside_the_png(engine_env, tiny_sd15, tmp_path):
+    from spherediff_core.exr import read_exr
+
+    out = tmp_path / "pano.png"
+    proc = run_cli(generate_args(tiny_sd15, out, "--hdr"), engine_env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(
+        rf"wrote {re.escape(str(out))} \(64x32\), HDR pano.exr \((no sun|sun at azimuth .*)\) "
+        r"in \d+\.\d s, seed 5; parameters in pano.json",
+        proc.stdout.strip(),
+    ), proc.stdout
+    assert "spherediff: hdr 1/1" in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["pano.exr", "pano.json", "pano.png"]
+    sidecar = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert sidecar["options"]["hdr"] is True and sidecar["hdr"]["exr"] == "pano.exr"
+    assert set(sidecar["hdr"]["sun"]) >= {"visible", "direction", "strength", "color"}
+    assert read_exr(out.with_suffix(".exr")).shape == (32, 64, 3)
+
+
+def test_generate_hdr_refuses_a_video_before_loading(engine_env, tiny_sd15, tmp_path):
+    out = tmp_path / "out" / "clip.png"
+    proc = run_cli(generate_args(tiny_sd15, out, "--hdr", "--video"), engine_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "hdr: a video stays LDR" in proc.stderr and proc.stdout == ""
+    assert not out.parent.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

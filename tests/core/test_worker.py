@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import spherediff_core
+from PIL import Image
 from spherediff_core import runner, worker
 from spherediff_core.errors import EXIT_CANCELLED, BadInputError, UnsupportedModelError
 from spherediff_core.options import OptionsError
@@ -55,7 +57,7 @@ def check_progress(events: list[dict]) -> list[str]:
     last: dict[str, tuple[int, int]] = {}
     for ev in events:
         assert set(ev) == {"event", "phase", "step", "total", "eta_s", "message"}, ev
-        assert ev["phase"] in ("load", "denoise", "decode", "write")
+        assert ev["phase"] in ("load", "denoise", "decode", "hdr", "write")
         assert 0 <= ev["step"] <= ev["total"]
         assert ev["eta_s"] is None or ev["eta_s"] >= 0
         if ev["phase"] in last:
@@ -95,6 +97,8 @@ def test_job_reports_events_in_order_and_writes_files(engine_env, tiny_sd15, tmp
         "seconds": result["seconds"],
         "seed": 3,
         "warnings": result["warnings"],
+        "exr": None,
+        "sun": None,
     }
     assert result["seconds"] > 0
     # 64 px wide: views far below SD 1.5's native 512 px, and the result says so.
@@ -104,6 +108,44 @@ def test_job_reports_events_in_order_and_writes_files(engine_env, tiny_sd15, tmp
     assert sidecar["options"]["prompt"] == PROMPT and sidecar["options"]["steps"] == 2
     assert sidecar["model"]["family"] == "sd" and sidecar["seed"] == 3
     assert "load" in sidecar["timings"] and "denoiser" in sidecar["timings"]
+
+
+def test_hdr_job_writes_the_exr_and_reports_the_sun(engine_env, tiny_sd15, tmp_path):
+    """Option hdr: a phase hdr between decode and write, the EXR beside the PNG, and the
+    result's exr and sun (the sidecar's hdr block)."""
+    from spherediff_core.exr import read_exr
+    from spherediff_core.hdr import linear_to_srgb
+
+    out = tmp_path / "out" / "pano.png"
+    job = make_job(tiny_sd15, out, hdr=True)
+    code, events, proc = run_worker([], engine_env, tmp_path, job=job)
+    assert code == 0, proc.stderr()
+    assert check_progress(events[1:-1]) == ["load", "denoise", "decode", "hdr", "write"]
+    result = events[-1]
+    assert result["exr"] == str(out.with_suffix(".exr"))
+    assert sorted(os.listdir(out.parent)) == ["pano.exr", "pano.json", "pano.png"]
+    sidecar = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert sidecar["hdr"]["exr"] == "pano.exr" and sidecar["hdr"]["exposure"] == 1.0
+    assert result["sun"] == sidecar["hdr"]["sun"] and isinstance(result["sun"]["visible"], bool)
+    assert "lift" in sidecar["timings"]
+    # The EXR is the PNG's picture in linear light: re-encoded, unclipped pixels come back.
+    hdr = read_exr(out.with_suffix(".exr"))
+    with Image.open(out) as im:
+        png = np.asarray(im, dtype=np.float32) / 255.0
+    unclipped = (png < 250 / 255).all(axis=-1)
+    assert hdr.shape == png.shape and unclipped.mean() > 0.5
+    back = np.clip(linear_to_srgb(hdr), 0, 1)[unclipped]
+    assert np.abs(back - png[unclipped]).max() < 1.0 / 255 + 2e-3
+
+
+def test_hdr_video_job_is_refused(engine_env, tiny_sd15, tmp_path):
+    out = tmp_path / "out" / "clip.png"
+    job = make_job(tiny_sd15, out, hdr=True, video=True)
+    code, events, proc = run_worker([], engine_env, tmp_path, job=job, timeout=60)
+    assert code == 2, proc.stderr()
+    assert events[-1]["code"] == "bad_input"
+    assert events[-1]["message"].startswith("hdr: a video stays LDR"), events[-1]["message"]
+    assert not out.parent.exists()
 
 
 @pytest.mark.parametrize(
