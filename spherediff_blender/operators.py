@@ -10,6 +10,7 @@ and the scene's frame range and rate are exactly as they were.
 """
 
 import contextlib
+import json
 import random
 import shutil
 import sys
@@ -266,6 +267,8 @@ def build_options(values: dict, prefs, output: str) -> dict:
             if values.get("video")
             else {}
         ),
+        # HDR: stills only (animated worlds stay LDR); absent otherwise, as before.
+        **({"hdr": True} if values.get("hdr") and not values.get("video") else {}),
     }
 
 
@@ -284,6 +287,9 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         values = resolve_values(settings, op)
 
         notes = []
+        problem = hdr_problem(values, op)
+        if problem:
+            return None, problem
         if values["video"] and values["pack_image"]:
             if op is not None and op.properties.is_property_set("pack_image"):
                 return None, PACK_SEQUENCE_REFUSED
@@ -326,6 +332,34 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
             return None, run.failure.message
         _ACTIVE = Generation(run, staging, scene.name, values, options, notes)
         return _ACTIVE, ""
+
+
+HDR_VIDEO_REFUSED = (
+    "HDR Lighting is for stills: animated worlds stay LDR in this version; pass hdr=False "
+    "for an animated world"
+)
+SUN_WITHOUT_HDR_REFUSED = (
+    "sun_lamp=True needs hdr=True: the sun is found when the panorama is lifted to HDR; "
+    "pass hdr=True, or sun_lamp=False"
+)
+
+
+def hdr_problem(values: dict, op=None) -> str:
+    """A script's hdr / sun_lamp that cannot be honoured (empty: fine). The scene's own
+    settings never fail here: for an animated world HDR and the lamp are simply not used."""
+    props = op.properties if op is not None else None
+    if props is None:
+        return ""
+    if values["video"] and values["hdr"] and props.is_property_set("hdr"):
+        return HDR_VIDEO_REFUSED
+    if (
+        values["sun_lamp"]
+        and not values["hdr"]
+        and props.is_property_set("sun_lamp")
+        and props.is_property_set("hdr")
+    ):
+        return SUN_WITHOUT_HDR_REFUSED
+    return ""
 
 
 PACK_SEQUENCE_REFUSED = (
@@ -392,11 +426,20 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
             return _finish_video(scene, gen, result)
         folder = world.output_folder(gen.values["output_dir"])
         seed = int(result.get("seed", gen.options["seed"]))
+        exr = result.get("exr") if gen.options.get("hdr") else None
+        exr = Path(exr) if isinstance(exr, str) and Path(exr).is_file() else None
+        if gen.options.get("hdr") and exr is None:
+            gen.notes.append("the worker sent no HDR image (an older engine?): the World is LDR")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             dest = world.unique_image_path(folder, seed)
+            dest_exr = dest.with_suffix(".exr") if exr is not None else None
             steps = [(dest, saving.file_from(Path(result["image"])))]
-            saving.save_result(steps, result.get("sidecar"), dest.with_suffix(".json"), dest)
+            if exr is not None:
+                steps.append((dest_exr, saving.file_from(exr)))
+            saving.save_result(
+                steps, result.get("sidecar"), dest.with_suffix(".json"), dest, exr=dest_exr
+            )
         except (OSError, ValueError) as exc:
             message = f"could not save the panorama in {str(folder)!r}: {exc}"
             settings.last_error = message
@@ -406,28 +449,57 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
             "model": gen.options["model"],
             "prompt": gen.options["prompt"][:1000],
         }
+        sun = result.get("sun") if exr is not None and isinstance(result.get("sun"), dict) else None
+        shown = dest_exr if exr is not None else dest
         world.set_from_file(
             scene,
-            dest,
+            shown,
             rotation_z=gen.values["rotation_z"],
             strength=gen.values["strength"],
             pack=gen.values["pack_image"],
             metadata=metadata,
         )
+        lamp = world.apply_sun(
+            scene,
+            sun,
+            height_px=int(result.get("height") or 0),
+            rotation_z=gen.values["rotation_z"],
+            sun_strength=gen.values["sun_strength"],
+            lamp=bool(gen.values["sun_lamp"]),
+        )
         seconds = float(result.get("seconds") or run.elapsed_s)
-        settings.last_image = world.blend_relative(dest)
+        settings.last_image = world.blend_relative(shown)
         settings.last_seed = seed if seed <= properties.MAX_SEED else 0
         settings.last_seconds = seconds
         settings.last_model = gen.options["model"]
         settings.last_frames = 0
         settings.last_fps = 0
+        store_sun(settings, exr is not None, sun)
         settings.last_error = ""
-        return True, f"{dest.name} (seed {seed}, {worker_client.format_seconds(seconds)})"
+        what = sun_summary(sun, lamp) if exr is not None else ""
+        return True, (f"{shown.name}{what} (seed {seed}, {worker_client.format_seconds(seconds)})")
     finally:
         shutil.rmtree(gen.staging, ignore_errors=True)
         with _LOCK:
             if _ACTIVE is gen:
                 _ACTIVE = None
+
+
+def store_sun(settings, hdr: bool, sun: dict | None) -> None:
+    """What the panel shows of the last World's light."""
+    settings.last_hdr = hdr
+    visible = bool(sun and sun.get("visible"))
+    settings.last_sun = visible
+    settings.last_sun_azimuth = float(sun["azimuth_deg"]) if visible else 0.0
+    settings.last_sun_elevation = float(sun["elevation_deg"]) if visible else 0.0
+    settings.last_sun_energy = float(sun["strength"]) if visible else 0.0
+
+
+def sun_summary(sun: dict | None, lamp) -> str:
+    if not sun or not sun.get("visible"):
+        return ", HDR, no sun found"
+    where = f"azimuth {sun['azimuth_deg']:.0f}°, elevation {sun['elevation_deg']:.0f}°"
+    return f", HDR, sun at {where}" + (f" ({lamp.name})" if lamp is not None else "")
 
 
 def _finish_video(scene, gen: Generation, result: dict) -> tuple[bool, str]:
@@ -455,7 +527,7 @@ def _finish_video(scene, gen: Generation, result: dict) -> tuple[bool, str]:
     fps = video.fps or gen.options.get("fps") or 24
 
     dest = world.unique_image_path(folder, seed)
-    _, dest_sidecar, dest_frames, dest_mp4 = world.sequence_paths(dest)
+    _, dest_sidecar, dest_frames, dest_mp4, _ = world.sequence_paths(dest)
     has_mp4 = video.mp4 is not None and video.mp4.is_file()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -494,6 +566,11 @@ def _finish_video(scene, gen: Generation, result: dict) -> tuple[bool, str]:
         strength=gen.values["strength"],
         metadata=metadata,
     )
+    # An animated world is LDR: no disc to mask, no lamp of an earlier still left shining.
+    world.apply_sun(
+        scene, None, height_px=0, rotation_z=gen.values["rotation_z"], sun_strength=1.0, lamp=False
+    )
+    store_sun(settings, False, None)
     seconds = float(result.get("seconds") or gen.run.elapsed_s)
     settings.last_image = world.blend_relative(first)
     settings.last_seed = seed if seed <= properties.MAX_SEED else 0
@@ -658,6 +735,179 @@ class SPHEREDIFF_OT_cancel(Operator):
         request_cancel()
         tag_redraw(context)
         return {"FINISHED"}
+
+
+# --------------------------------------------------------------------------- lift to HDR
+LIFT_TIMEOUT_S = 600.0
+LDR_SUFFIXES = (".png", ".jpg", ".jpeg")
+HDR_FORMATS = ("OPEN_EXR", "OPEN_EXR_MULTILAYER", "HDR")
+
+
+def lift_problem(image) -> str:
+    """Why Lift to HDR cannot take ``image`` (empty: it can)."""
+    if image is None:
+        return "The World has no environment image to lift: generate or load a panorama first"
+    if image.source != "FILE":
+        return f"{image.name!r} is not a single image file ({image.source.lower()})"
+    # (Not is_float: Blender holds a 16-bit PNG as floats, and the lift takes one.)
+    if image.file_format in HDR_FORMATS or Path(image.filepath).suffix.lower() in (".exr", ".hdr"):
+        return f"{image.name!r} is already HDR: it lights the scene as it is"
+    return ""
+
+
+def lift_input(image, staging: Path) -> Path:
+    """A file the worker can read: the image's own file, or its packed bytes written out."""
+    if image.packed_file is not None:
+        suffix = Path(image.filepath).suffix.lower()
+        path = staging / f"packed{suffix if suffix in LDR_SUFFIXES else '.png'}"
+        path.write_bytes(bytes(image.packed_file.data))
+        return path
+    path = Path(bpy.path.abspath(image.filepath, library=image.library))
+    if not path.is_file():
+        raise FileNotFoundError(f"the image file {str(path)!r} is missing")
+    return path
+
+
+def run_lift(python: str, source: Path, out: Path) -> str:
+    """``spherediff hdr SOURCE --out OUT`` in the worker's Python; the error ("" if none)."""
+    import subprocess
+
+    argv = worker_client.python_argv(
+        python, "spherediff_core.cli", "hdr", str(source), "--out", str(out), "--quiet"
+    )
+    try:
+        proc = subprocess.run(
+            argv,
+            env=worker_client.worker_env(),
+            cwd=worker_client.neutral_cwd(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=LIFT_TIMEOUT_S,
+            **worker_client.popen_group_kwargs(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the lift could not run ({exc})"
+    if proc.returncode == 0:
+        return ""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    said = next((ln for ln in reversed(lines) if ln.startswith("spherediff: error: ")), "")
+    if said:
+        return said.removeprefix("spherediff: error: ")
+    return f"the lift failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}"
+
+
+class SPHEREDIFF_OT_lift_to_hdr(Operator):
+    """Lift the World's panorama to linear HDR (an OpenEXR, its sun restored) to light with"""
+
+    bl_idname = "spherediff.lift_to_hdr"
+    bl_label = "Lift to HDR"
+    bl_options = {"REGISTER", "UNDO"}
+
+    sun_lamp: BoolProperty(
+        name="Sun Lamp",
+        description=(
+            "Add or update the SphereDiff Sun from the sun found in the panorama (its disc "
+            "masked in the World)"
+        ),
+        default=True,
+        options={"SKIP_SAVE"},
+    )
+
+    @classmethod
+    def poll(cls, context):
+        if _ACTIVE is not None:
+            cls.poll_message_set("Wait until the running generation is done")
+            return False
+        if context.scene is None:
+            cls.poll_message_set("There is no scene")
+            return False
+        problem = lift_problem(world.lift_source(context.scene))
+        if problem:
+            cls.poll_message_set(problem)
+            return False
+        return True
+
+    def execute(self, context):
+        scene = context.scene
+        settings = scene.spherediff
+        image = world.lift_source(scene)
+        problem = lift_problem(image)
+        if problem:
+            return self._fail(settings, problem)
+        python, _source, problem = resolve_worker_python(context)
+        if problem:
+            return self._fail(settings, problem)
+        folder = world.output_folder(settings.output_dir)
+        problem = saving.folder_problem(folder)
+        if problem:
+            return self._fail(settings, problem)
+        staging = Path(tempfile.mkdtemp(prefix="spherediff-lift-"))
+        try:
+            try:
+                source = lift_input(image, staging)
+            except OSError as exc:
+                return self._fail(settings, f"cannot read {image.name!r}: {exc}")
+            error = run_lift(python, source, staging / "lifted.exr")
+            if error:
+                return self._fail(settings, error)
+            stem = Path(image.filepath).stem or image.name
+            dest = unique_path(folder, f"{stem}_hdr", ".exr")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                saving.save_result(
+                    [(dest, saving.file_from(staging / "lifted.exr"))],
+                    str(staging / "lifted.json"),
+                    dest.with_suffix(".json"),
+                    dest,
+                    exr=dest,
+                )
+                doc = json.loads(dest.with_suffix(".json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                return self._fail(
+                    settings, f"could not save the HDR image in {str(folder)!r}: {exc}"
+                )
+            sun = (doc.get("hdr") or {}).get("sun")
+            world.set_from_file(
+                scene,
+                dest,
+                rotation_z=settings.rotation_z,
+                strength=settings.strength,
+                pack=settings.pack_image,
+                metadata={"source": image.name},
+            )
+            lamp = world.apply_sun(
+                scene,
+                sun if isinstance(sun, dict) else None,
+                height_px=int(doc.get("height") or 0),
+                rotation_z=settings.rotation_z,
+                sun_strength=settings.sun_strength,
+                lamp=self.sun_lamp,
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        settings.last_image = world.blend_relative(dest)
+        store_sun(settings, True, sun if isinstance(sun, dict) else None)
+        settings.last_error = ""
+        tag_redraw(context)
+        self.report({"INFO"}, f"SphereDiff: {dest.name}{sun_summary(sun, lamp)}")
+        return {"FINISHED"}
+
+    def _fail(self, settings, message: str):
+        settings.last_error = message
+        self.report({"ERROR"}, f"SphereDiff: {message}")
+        return {"CANCELLED"}
+
+
+def unique_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, numbered (``stem_2``...) when it or its sidecar exists."""
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists() or path.with_suffix(".json").exists():
+        n += 1
+        path = folder / f"{stem}_{n}{suffix}"
+    return path
 
 
 # --------------------------------------------------------------------------- check worker
@@ -872,6 +1122,7 @@ def unregister_handlers() -> None:
 classes = (
     SPHEREDIFF_OT_generate,
     SPHEREDIFF_OT_cancel,
+    SPHEREDIFF_OT_lift_to_hdr,
     SPHEREDIFF_OT_check_worker,
     SPHEREDIFF_OT_install_dependencies,
 )

@@ -127,7 +127,19 @@ class WORLD_PT_spherediff_output(_SphereDiffPanel, Panel):
         s = context.scene.spherediff
         col = layout.column(align=True)
         col.prop(s, "rotation_z")
-        col.prop(s, "strength")
+        col.prop(s, "strength", text="Sky Strength" if s.hdr and s.sun_lamp else "Strength")
+        col = layout.column(heading="Lighting")
+        row = col.row()
+        row.active = not s.video  # animated worlds stay LDR
+        row.prop(s, "hdr")
+        row = col.row()
+        row.active = s.hdr and not s.video
+        row.prop(s, "sun_lamp")
+        row = col.row()
+        row.active = s.hdr and s.sun_lamp and not s.video
+        row.prop(s, "sun_strength")
+        if s.video and s.hdr:
+            col.label(text="Animated worlds stay LDR (no HDR, no Sun Lamp)", icon="INFO")
         col = layout.column()
         col.prop(s, "output_dir", text="Folder")
         row = col.row()
@@ -235,6 +247,16 @@ class WORLD_PT_spherediff_generate(_SphereDiffPanel, Panel):
             col.label(text=f"Seed {s.last_seed}, {worker_client.format_seconds(s.last_seconds)}")
             if s.last_model:
                 col.label(text=s.last_model)
+            if s.last_hdr and s.last_sun:
+                col.label(
+                    text=f"Sun: azimuth {s.last_sun_azimuth:.1f}°, elevation "
+                    f"{s.last_sun_elevation:.1f}°, {s.last_sun_energy:.3g} W/m²",
+                    icon="LIGHT_SUN",
+                )
+            elif s.last_hdr:
+                col.label(text="HDR: no sun in this panorama", icon="LIGHT_SUN")
+        if gen is None:
+            layout.operator("spherediff.lift_to_hdr", icon="IMAGE_RGB_ALPHA")
         if s.last_error:
             box = layout.box()
             col = box.column(align=True)

@@ -215,6 +215,7 @@ VALUE_RANGES = {
     "fps": (1, MAX_FPS),
     "rotation_z": (None, None),
     "strength": (0.0, MAX_STRENGTH),
+    "sun_strength": (0.0, MAX_STRENGTH),
 }
 
 
@@ -404,6 +405,7 @@ def _update_world(self, context):
     scene = getattr(self, "id_data", None) or context.scene
     if isinstance(scene, bpy.types.Scene):
         world.update_live_settings(scene, self.rotation_z, self.strength, self.loop)
+        world.update_sun_lamp(scene, self.rotation_z, self.sun_strength)
 
 
 def _update_video(self, context):
@@ -614,9 +616,43 @@ def generation_properties(live_update: bool) -> dict:
         ),
         "strength": FloatProperty(
             name="Strength",
-            description="Brightness of the environment's light (Background strength)",
+            description=(
+                "Brightness of the environment's light (Background strength); with a Sun "
+                "Lamp, the sky's alone"
+            ),
             default=1.0,
             **_number_range("strength", live_update, soft_max=10.0),
+            options=opts,
+            **update,
+        ),
+        "hdr": BoolProperty(
+            name="HDR Lighting",
+            description=(
+                "Lift the panorama to linear HDR (an OpenEXR beside the PNG, its sun "
+                "restored) and light the scene with it like a captured HDRI. Stills only: "
+                "animated worlds stay LDR"
+            ),
+            default=True,
+            options=opts,
+        ),
+        "sun_lamp": BoolProperty(
+            name="Sun Lamp",
+            description=(
+                "Add or update one Sun light (SphereDiff Sun) from the sun found in the "
+                "panorama, for crisp shadows; the sun's disc is masked in the World so its "
+                "light is not counted twice. Needs HDR Lighting"
+            ),
+            default=True,
+            options=opts,
+        ),
+        "sun_strength": FloatProperty(
+            name="Sun Strength",
+            description=(
+                "Scale of the Sun lamp's strength against the estimate (1: as measured in "
+                "the panorama); the World's Strength scales the sky"
+            ),
+            default=1.0,
+            **_number_range("sun_strength", live_update, soft_max=10.0),
             options=opts,
             **update,
         ),
@@ -646,6 +682,23 @@ class SPHEREDIFF_PG_settings(PropertyGroup):
             description="Frames of the last generation (0: a still)",
         ),
         "last_fps": IntProperty(name="Last FPS", description="Frame rate of the last generation"),
+        "last_hdr": BoolProperty(
+            name="Last HDR", description="Whether the last World is an HDR image (OpenEXR)"
+        ),
+        "last_sun": BoolProperty(
+            name="Last Sun", description="Whether a sun was found in the last HDR panorama"
+        ),
+        "last_sun_azimuth": FloatProperty(
+            name="Sun Azimuth",
+            description="The sun's direction around Z in the panorama (0: +X, 90: +Y), degrees",
+        ),
+        "last_sun_elevation": FloatProperty(
+            name="Sun Elevation", description="The sun's height above the horizon, degrees"
+        ),
+        "last_sun_energy": FloatProperty(
+            name="Sun Estimate",
+            description="The sun's estimated strength, W/m^2 (a Sun lamp's unit)",
+        ),
         # The preset of the other kind (image / video), restored when Animated is toggled.
         "other_model_preset": StringProperty(options={"HIDDEN"}),
         "last_error": StringProperty(

@@ -142,9 +142,11 @@ def relocated_sidecar(
     frames_dir: Path | None = None,
     first_frame: str = "",
     mp4: Path | None = None,
+    exr: Path | None = None,
 ) -> str:
     """The worker's sidecar (JSON) describing the files saved as ``image`` (a still; for
-    a video the path naming its stem) and, for a video, ``frames_dir`` and ``mp4``.
+    a video the path naming its stem), a still's ``exr`` (its hdr block) and, for a
+    video, ``frames_dir`` and ``mp4``.
 
     Raises ValueError when the sidecar is not a JSON object.
     """
@@ -153,6 +155,9 @@ def relocated_sidecar(
         raise ValueError(f"the worker's sidecar {str(sidecar)!r} is not a JSON object")
     if isinstance(doc.get("options"), dict):
         doc["options"]["output"] = str(image)
+    hdr = doc.get("hdr")
+    if isinstance(hdr, dict) and exr is not None:
+        hdr["exr"] = exr.name
     if frames_dir is None:
         doc["image"] = image.name
     else:

@@ -14,11 +14,24 @@ The panorama's convention is Blender's own Environment Texture mapping (see
 ``spherediff_core.geometry``), so no flip or offset is needed: with zero rotation the image
 centre faces +X and the top row is straight up.
 
+An HDR world (an OpenEXR lifted by ``spherediff_core.hdr``) loads in linear Rec.709. With
+a Sun Lamp (:func:`apply_sun`) the sun's disc is masked in the tree, so the lamp alone
+carries it and it is not counted twice; the chain then reads::
+
+    Mapping -> Normalize -> Dot (the sun's direction in the texture) -> Greater Than
+        (the disc's cone) -> Mix (Factor; A: Environment, B: the sky around the disc)
+        -> Background
+
+Being taken after the Mapping, the mask turns with the World; the lamp's direction
+follows the World's rotation (a Mapping rotation of +a about Z shows the texture's
+longitude l at world longitude l - a).
+
 An animated world is the same chain with an image *sequence* (``source = 'SEQUENCE'``) in
 the Environment Texture: its image user plays ``frame_duration`` frames from the scene's
 start frame, cyclic when looping, refreshed on every frame change (viewport and renders).
 """
 
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -32,6 +45,10 @@ NODE_NAMES = {
     "environment": "SphereDiff Environment",
     "background": "SphereDiff Background",
     "output": "SphereDiff World Output",
+    "sun_normalize": "SphereDiff Sun Direction",
+    "sun_dot": "SphereDiff Sun Cosine",
+    "sun_cone": "SphereDiff Sun Disc",
+    "sun_mask": "SphereDiff Sun Mask",
 }
 NODE_TYPES = {
     "texcoord": "ShaderNodeTexCoord",
@@ -39,8 +56,17 @@ NODE_TYPES = {
     "environment": "ShaderNodeTexEnvironment",
     "background": "ShaderNodeBackground",
     "output": "ShaderNodeOutputWorld",
+    "sun_normalize": "ShaderNodeVectorMath",
+    "sun_dot": "ShaderNodeVectorMath",
+    "sun_cone": "ShaderNodeMath",
+    "sun_mask": "ShaderNodeMix",
 }
 WORLD_NAME = "SphereDiff World"
+SUN_NAME = "SphereDiff Sun"
+SUN_TAG = "spherediff_sun"  # custom property on our Sun lamp object
+MASK_OFF = 2.0  # a cosine threshold no direction reaches: the mask lets everything through
+MASK_MARGIN_PX = 1.5  # the disc's anti-aliased edge and the texture's linear interpolation
+LINEAR_COLORSPACES = ("Linear Rec.709", "Linear")  # 4.0+ name, older name
 
 
 # --------------------------------------------------------------------------- files
@@ -72,14 +98,16 @@ def unique_image_path(folder: Path, seed: int) -> Path:
     return path
 
 
-def sequence_paths(path: Path) -> tuple[Path, Path, Path, Path]:
+def sequence_paths(path: Path) -> tuple[Path, Path, Path, Path, Path]:
     """The files of one result named by ``path``'s stem (the engine's layout): the still
-    PNG, the sidecar, the frames folder ``<stem>_frames`` and the MP4 preview."""
+    PNG, the sidecar, the frames folder ``<stem>_frames``, the MP4 preview and the HDR
+    OpenEXR."""
     return (
         path.with_suffix(".png"),
         path.with_suffix(".json"),
         path.with_name(f"{path.stem}_frames"),
         path.with_suffix(".mp4"),
+        path.with_suffix(".exr"),
     )
 
 
@@ -194,14 +222,142 @@ def apply_environment(
     _set_rotation(mapping, rotation_z)
     background.inputs["Strength"].default_value = strength
 
+    mask = _ensure_sun_mask(tree, mapping, environment, background)
+
     _link_if_free(tree, texcoord.outputs["Generated"], mapping.inputs["Vector"])
     _link_if_free(tree, mapping.outputs["Vector"], environment.inputs["Vector"])
-    _link_if_free(tree, environment.outputs["Color"], background.inputs["Color"])
+    _link_if_free(tree, environment.outputs["Color"], _socket(mask.inputs, "A_Color"))
+    _link_if_free(tree, _socket(mask.outputs, "Result_Color"), background.inputs["Color"])
     if not background.outputs["Background"].is_linked:
         # Replaces whatever fed the output before (the default grey background stays in
         # the tree, unconnected, so nothing of the user's is deleted).
         tree.links.new(background.outputs["Background"], out.inputs["Surface"])
     return world
+
+
+def _socket(sockets, identifier: str):
+    """A socket by identifier (the Mix node has several sockets named "A")."""
+    return next(sock for sock in sockets if sock.identifier == identifier)
+
+
+def _ensure_sun_mask(tree, mapping, environment, background):
+    """The sun-disc mask between the Environment and the Background (off until
+    :func:`apply_sun` sets it): Mapping -> Normalize -> Dot -> Greater Than -> Mix."""
+    x, y = environment.location.x, environment.location.y
+    normalize = _ensure_node(tree, "sun_normalize", (x, y - 320))
+    normalize.operation = "NORMALIZE"
+    dot = _ensure_node(tree, "sun_dot", (x + 180, y - 320))
+    dot.operation = "DOT_PRODUCT"
+    cone = _ensure_node(tree, "sun_cone", (x + 360, y - 320))
+    cone.operation = "GREATER_THAN"
+    mask = find_node(tree, "sun_mask")
+    if mask is None:
+        mask = _ensure_node(tree, "sun_mask", (x + 300, y))
+        mask.data_type = "RGBA"
+        mask.blend_type = "MIX"
+        cone.inputs[1].default_value = MASK_OFF
+        # A World made before the mask: Environment -> Background goes through it now.
+        for link in list(background.inputs["Color"].links):
+            if link.from_node == environment:
+                tree.links.remove(link)
+    else:
+        _ensure_node(tree, "sun_mask", (x + 300, y))
+    _link_if_free(tree, mapping.outputs["Vector"], normalize.inputs[0])
+    _link_if_free(tree, normalize.outputs["Vector"], dot.inputs[0])
+    _link_if_free(tree, dot.outputs["Value"], cone.inputs[0])
+    _link_if_free(tree, cone.outputs["Value"], _socket(mask.inputs, "Factor_Float"))
+    return mask
+
+
+def set_sun_mask(tree, sun: dict | None, height_px: int) -> bool:
+    """Mask the sun's disc (``sun``: the sidecar's ``hdr.sun`` block) with the sky around
+    it, or with ``sun`` None let the whole texture through. Returns whether it masks."""
+    dot, cone, mask = (find_node(tree, role) for role in ("sun_dot", "sun_cone", "sun_mask"))
+    if dot is None or cone is None or mask is None:
+        return False
+    if not sun or not sun.get("visible"):
+        cone.inputs[1].default_value = MASK_OFF
+        return False
+    direction = sun["direction"]
+    dot.inputs[1].default_value = [float(c) for c in direction]
+    half_deg = float(sun["angle_deg"]) / 2.0 + MASK_MARGIN_PX * 180.0 / max(1, height_px)
+    cone.inputs[1].default_value = math.cos(math.radians(half_deg))
+    fill = sun.get("surround") or (0.0, 0.0, 0.0)
+    _socket(mask.inputs, "B_Color").default_value = (*[float(c) for c in fill], 1.0)
+    return True
+
+
+def sun_rotation(azimuth_deg: float, elevation_deg: float, rotation_z: float):
+    """A Sun lamp's Euler rotation (XYZ, radians) shining from the sun's direction: its
+    local +Z points at the sun, seen in a World turned by ``rotation_z`` (radians)."""
+    azimuth = math.radians(azimuth_deg) - rotation_z
+    return (0.0, math.radians(90.0 - elevation_deg), azimuth)
+
+
+def find_sun_lamp(scene: bpy.types.Scene):
+    """Our Sun lamp in this scene (tagged; renaming it keeps it ours), or None."""
+    for ob in scene.objects:
+        if ob.get(SUN_TAG) and ob.type == "LIGHT" and ob.data.type == "SUN":
+            return ob
+    return None
+
+
+def apply_sun(
+    scene: bpy.types.Scene,
+    sun: dict | None,
+    *,
+    height_px: int,
+    rotation_z: float,
+    sun_strength: float,
+    lamp: bool,
+):
+    """Add or update the scene's ``SphereDiff Sun`` from the estimate, masking the disc in
+    the World; or (no lamp wanted, no sun found) hide it and unmask. Returns the lamp
+    object when it shines, else None. Call after :func:`apply_environment`."""
+    world = scene.world
+    tree = world.node_tree if world is not None else None
+    visible = bool(sun and sun.get("visible")) and lamp
+    if tree is not None:
+        set_sun_mask(tree, sun if visible else None, height_px)
+    ob = find_sun_lamp(scene)
+    if not visible:
+        if ob is not None:
+            ob.hide_render = True
+            ob.hide_viewport = True
+        return None
+    if ob is None:
+        data = bpy.data.lights.new(SUN_NAME, "SUN")
+        ob = bpy.data.objects.new(SUN_NAME, data)
+        scene.collection.objects.link(ob)
+        ob.location = (0.0, 0.0, 10.0)
+        ob[SUN_TAG] = True
+    ob.hide_render = False
+    ob.hide_viewport = False
+    ob[f"{SUN_TAG}_azimuth_deg"] = float(sun["azimuth_deg"])
+    ob[f"{SUN_TAG}_elevation_deg"] = float(sun["elevation_deg"])
+    ob[f"{SUN_TAG}_strength"] = float(sun["strength"])  # the estimate, W/m^2
+    ob.rotation_mode = "XYZ"
+    ob.rotation_euler = sun_rotation(sun["azimuth_deg"], sun["elevation_deg"], rotation_z)
+    light = ob.data
+    light.color = [float(c) for c in sun["color"]]
+    light.energy = float(sun["strength"]) * sun_strength
+    light.angle = math.radians(float(sun["angle_deg"]))
+    return ob
+
+
+def update_sun_lamp(scene: bpy.types.Scene, rotation_z: float, sun_strength: float) -> None:
+    """Follow the World's rotation and the Sun Strength setting (live update)."""
+    ob = find_sun_lamp(scene)
+    if ob is None or f"{SUN_TAG}_azimuth_deg" not in ob:
+        return
+    rotation = sun_rotation(
+        ob[f"{SUN_TAG}_azimuth_deg"], ob[f"{SUN_TAG}_elevation_deg"], rotation_z
+    )
+    if tuple(ob.rotation_euler) != tuple(rotation):
+        ob.rotation_euler = rotation
+    energy = float(ob[f"{SUN_TAG}_strength"]) * sun_strength
+    if ob.data.energy != energy:
+        ob.data.energy = energy
 
 
 def _set_rotation(mapping, rotation_z: float) -> None:
@@ -237,18 +393,33 @@ def update_live_settings(
         environment.image_user.use_cyclic = loop
 
 
+def set_linear(image) -> None:
+    """Linear Rec.709 (an HDR image's colour space), by its name in this Blender."""
+    names = {
+        item.identifier for item in image.colorspace_settings.bl_rna.properties["name"].enum_items
+    }
+    for name in LINEAR_COLORSPACES:
+        if name in names:
+            image.colorspace_settings.name = name
+            return
+
+
 def load_image(
     path: Path, name: str, pack: bool, metadata: dict, sequence: bool = False
 ) -> bpy.types.Image:
     """Load the panorama as a new image datablock (relative path; packed on request), or
     with ``sequence`` the frame sequence whose first frame is ``path`` (never packed:
-    Blender cannot pack an image sequence)."""
+    Blender cannot pack an image sequence). An OpenEXR loads in linear Rec.709, a PNG in
+    sRGB."""
     image = bpy.data.images.load(str(path), check_existing=False)
     image.name = name
     image.filepath = blend_relative(path)
     if sequence:
         image.source = "SEQUENCE"
-    image.colorspace_settings.name = "sRGB"
+    if path.suffix.lower() == ".exr":
+        set_linear(image)
+    else:
+        image.colorspace_settings.name = "sRGB"
     image[TAG] = True
     for key, value in metadata.items():
         if value is not None:
@@ -283,11 +454,29 @@ def set_from_file(
 ) -> bpy.types.Image:
     """Load ``path`` and make it the World's environment: the operator's last step."""
     previous = environment_image(scene)
-    image = load_image(path, "SphereDiff " + path.stem.removeprefix("spherediff_"), pack, metadata)
+    name = "SphereDiff " + path.stem.removeprefix("spherediff_")
+    image = load_image(
+        path, name + (" HDR" if path.suffix.lower() == ".exr" else ""), pack, metadata
+    )
     apply_environment(scene, image, rotation_z, strength)
     if previous is not None and previous != image:
         remove_unused_image(previous)
     return image
+
+
+def lift_source(scene: bpy.types.Scene):
+    """The World's current panorama for Lift to HDR: the image of our Environment Texture,
+    else of the first Environment Texture in the World's tree; None when there is none."""
+    world = scene.world
+    if world is None or world.node_tree is None:
+        return None
+    node = find_node(world.node_tree, "environment")
+    if node is not None and node.image is not None:
+        return node.image
+    for node in world.node_tree.nodes:
+        if node.bl_idname == "ShaderNodeTexEnvironment" and node.image is not None:
+            return node.image
+    return None
 
 
 def set_sequence_user(node, frame_count: int, first_number: int, start: int, loop: bool) -> None:

@@ -143,6 +143,9 @@ class SunEstimate:
     color: tuple[float, float, float] | None = None
     strength: float = 0.0
     score: float = 0.0
+    surround: tuple[float, float, float] | None = None
+    """The sky's linear radiance just outside the disc (1 to 3 pixels out): what a World
+    shows in the disc's place when a Sun lamp carries the sun (the add-on masks the disc)."""
 
     def to_dict(self) -> dict[str, Any]:
         def rounded(v: Any, nd: int = 6) -> Any:
@@ -160,6 +163,7 @@ class SunEstimate:
             "angle_deg": rounded(self.angle_deg, 4),
             "color": rounded(self.color),
             "strength": rounded(self.strength, 4),
+            "surround": rounded(self.surround),
         }
 
 
@@ -730,7 +734,7 @@ def _paint_sun(out, clipped, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposu
     peak_needed = float(e_rgb.max()) / (0.5 * HALF_MAX)  # solid angle so max <= HALF_MAX / 2
     r = max(r, math.acos(max(-1.0, 1.0 - peak_needed / (2.0 * math.pi))))
     row_c, col_c = _dir_to_uv_pixel(s, h, w)
-    reach = r + 2.0 * px
+    reach = r + 3.0 * px
     half_rows = math.ceil(reach / px) + 1
     r0, r1 = max(0, int(row_c) - half_rows), min(h, int(row_c) + half_rows + 2)
     cos_lat = max(math.cos(lat), 1e-3)
@@ -763,6 +767,9 @@ def _paint_sun(out, clipped, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposu
     if total <= 0:
         return SunEstimate(visible=False)
     radiance = cover / total  # integrates to 1 over the disc
+    region = out[np.ix_(rows, cols)]
+    ring = ((gamma > r + 1.0 * px) & (gamma < r + 3.0 * px)).astype(np.float32) * omega
+    surround = (region * ring[..., None]).sum(axis=(0, 1)) / max(float(ring.sum()), 1e-30)
     out[np.ix_(rows, cols)] += (radiance[..., None] * e_rgb[None, None, :]).astype(np.float32)
     return SunEstimate(
         visible=True,
@@ -773,4 +780,5 @@ def _paint_sun(out, clipped, blob: _Blob, lin_a, gain_a, dirs_a, omega_a, exposu
         color=(float(colour[0]), float(colour[1]), float(colour[2])),
         strength=float(strength),
         score=float(blob.ring),
+        surround=(float(surround[0]), float(surround[1]), float(surround[2])),
     )

@@ -28,6 +28,12 @@ video      animated worlds: synthetic frame sequences from a fake worker
            frames with and without loop, Match Scene, the Animated switch and its checks,
            failures and cancel; then (with --model, a tiny video pipeline) a real
            generation and a real cancel through the worker.
+hdr        HDR worlds (fake_hdr_worker.py: the project's ground truth as "generations"):
+           the EXR World with its sun masked, the SphereDiff Sun lamp created, turned
+           and scaled live, updated on regenerate, hidden without a sun or HDR; failure
+           and cancel leave World and lamp as they were; Cycles renders of a sphere's
+           shadow under the lifted World + lamp, the ground truth and the 8-bit World;
+           Lift to HDR on the World's current image with the real engine.
 arguments  a script's values: out of range, NUL characters, contradicting size and
            width; refused by name before any worker starts (recording_worker.py sees
            the jobs that get through), never clamped or cut.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -47,6 +54,7 @@ import traceback
 from pathlib import Path
 
 import bpy
+import mathutils
 
 HERE = Path(__file__).resolve().parent
 PKG = "bl_ext.user_default.spherediff"
@@ -61,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--scenario",
         required=True,
-        choices=["register", "generate", "installer", "video", "arguments", "files"],
+        choices=["register", "generate", "installer", "video", "arguments", "files", "hdr"],
     )
     p.add_argument("--zip", required=True)
     p.add_argument("--out", required=True)
@@ -1060,6 +1068,298 @@ def scenario_installer(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+# --------------------------------------------------------------------------- HDR
+SHADOW_RES = 64
+SHADOW_SCALE = 6.0  # the top camera sees the plane from -3 to 3 m
+
+
+def lamp_state(world_mod, scene) -> dict | None:
+    """Our Sun lamp as the tests compare it (None: there is none in the scene)."""
+    lamps = [ob for ob in scene.objects if ob.get(world_mod.SUN_TAG)]
+    if not lamps:
+        return None
+    ob = lamps[0]
+    bpy.context.view_layer.update()  # matrix_world follows rotation_euler after an update
+    towards = ob.matrix_world.to_3x3() @ mathutils.Vector((0.0, 0.0, 1.0))
+    return {
+        "count": len(lamps),
+        "name": ob.name,
+        "pointer": ob.as_pointer(),
+        "type": ob.data.type,
+        "energy": round(ob.data.energy, 5),
+        "color": [round(c, 5) for c in ob.data.color],
+        "angle_deg": round(math.degrees(ob.data.angle), 5),
+        "towards": [round(c, 5) for c in towards],
+        "rotation": [round(c, 6) for c in ob.rotation_euler],
+        "hidden": [ob.hide_render, ob.hide_viewport],
+        "in_collection": ob.name in scene.collection.objects,
+    }
+
+
+def mask_state(world_mod, scene) -> dict | None:
+    tree = scene.world.node_tree if scene.world is not None else None
+    if tree is None:
+        return None
+    cone, dot = world_mod.find_node(tree, "sun_cone"), world_mod.find_node(tree, "sun_dot")
+    mask = world_mod.find_node(tree, "sun_mask")
+    if cone is None or dot is None or mask is None:
+        return None
+    fill = next(sock for sock in mask.inputs if sock.identifier == "B_Color")
+    return {
+        "threshold": round(cone.inputs[1].default_value, 8),
+        "direction": [round(c, 6) for c in dot.inputs[1].default_value],
+        "fill": [round(c, 6) for c in fill.default_value][:3],
+    }
+
+
+def hdr_state(world_mod, scene, work: Path) -> dict:
+    env = world_mod.find_node(scene.world.node_tree, "environment")
+    img = env.image
+    s = scene.spherediff
+    return {
+        "world": world_snapshot(scene),
+        "image": {
+            "name": img.name,
+            "filepath": img.filepath,
+            "abspath": bpy.path.abspath(img.filepath),
+            "colorspace": img.colorspace_settings.name,
+            "is_float": img.is_float,
+            "size": list(img.size),
+        },
+        "lamp": lamp_state(world_mod, scene),
+        "mask": mask_state(world_mod, scene),
+        "files": output_files(work),
+        "last": {
+            "hdr": s.last_hdr,
+            "sun": s.last_sun,
+            "azimuth": round(s.last_sun_azimuth, 4),
+            "elevation": round(s.last_sun_elevation, 4),
+            "energy": round(s.last_sun_energy, 5),
+            "image": s.last_image,
+            "error": s.last_error,
+        },
+    }
+
+
+def same_hdr_state(a: dict, b: dict) -> bool:
+    """Equal but for the last error (a failure's reason is shown there, on purpose)."""
+
+    def strip(state: dict) -> dict:
+        return {**state, "last": {k: v for k, v in state["last"].items() if k != "error"}}
+
+    return strip(a) == strip(b)
+
+
+def set_cycles(scene, samples: int) -> None:
+    scene.render.engine = "CYCLES"
+    cy = scene.cycles
+    cy.device, cy.samples, cy.seed = "CPU", samples, 0
+    cy.use_adaptive_sampling = False
+    cy.use_denoising = False
+    cy.max_bounces, cy.diffuse_bounces, cy.glossy_bounces = 4, 3, 0
+    cy.sample_clamp_direct = cy.sample_clamp_indirect = 0.0
+    r = scene.render
+    r.resolution_x = r.resolution_y = SHADOW_RES
+    r.resolution_percentage = 100
+    r.film_transparent = False
+    scene.view_settings.view_transform = "Standard"
+    im = r.image_settings
+    if hasattr(im, "media_type"):  # 5.0+
+        im.media_type = "IMAGE"
+    im.file_format, im.color_mode, im.color_depth = "OPEN_EXR", "RGB", "32"
+
+
+def shadow_scene(scene) -> list:
+    """A white diffuse sphere (r 0.5 m) on a grey plane, seen from straight above."""
+    sys.path.insert(0, str(HERE))
+    import render_hdr_ground_truth as gt
+
+    made = [
+        gt.add_mesh(
+            scene,
+            "Plane",
+            [(-20, -20, 0), (20, -20, 0), (20, 20, 0), (-20, 20, 0)],
+            [(0, 1, 2, 3)],
+            gt.diffuse_material("Plane", (0.5, 0.5, 0.5)),
+        ),
+        gt.add_sphere(
+            scene, "Ball", (0.0, 0.0, 0.5), 0.5, gt.diffuse_material("Ball", (0.8, 0.8, 0.8)),
+            n_lon=48, n_lat=24,
+        ),
+    ]  # fmt: skip
+    cd = bpy.data.cameras.new("Top")
+    cd.type, cd.ortho_scale = "ORTHO", SHADOW_SCALE
+    cam = bpy.data.objects.new("Top", cd)
+    scene.collection.objects.link(cam)
+    cam.location, cam.rotation_euler = (0.0, 0.0, 10.0), (0.0, 0.0, 0.0)
+    scene.camera = cam
+    return [*made, cam]
+
+
+def render_top(scene, work: Path, tag: str) -> list:
+    import render_hdr_ground_truth as gt
+
+    return gt.render_to_array(scene, str(work / f"shadow_{tag}.exr")).astype(float).tolist()
+
+
+def truth_world(scene, hdr, name: str):
+    """A World showing a ground-truth HDR (numpy (H, W, 3), top row first) as it is."""
+    import numpy as np
+
+    h, w = hdr.shape[:2]
+    img = bpy.data.images.new(name, w, h, alpha=False, float_buffer=True)
+    rgba = np.concatenate([hdr[::-1], np.ones((h, w, 1), np.float32)], axis=-1)
+    img.pixels.foreach_set(rgba.astype(np.float32).ravel())
+    world = bpy.data.worlds.new(name)
+    if bpy.app.version < (5, 0, 0) or world.node_tree is None:
+        world.use_nodes = True
+    nt = world.node_tree
+    nt.nodes.clear()
+    env = nt.nodes.new("ShaderNodeTexEnvironment")
+    env.image, env.interpolation = img, "Linear"
+    bg = nt.nodes.new("ShaderNodeBackground")
+    out = nt.nodes.new("ShaderNodeOutputWorld")
+    nt.links.new(env.outputs["Color"], bg.inputs["Color"])
+    nt.links.new(bg.outputs["Background"], out.inputs["Surface"])
+    return world
+
+
+def ldr_world(png: str):
+    """A World of the 8-bit panorama as it was loaded before HDR (sRGB, strength 1)."""
+    img = bpy.data.images.load(png, check_existing=False)
+    img.colorspace_settings.name = "sRGB"
+    world = bpy.data.worlds.new("LDR")
+    if bpy.app.version < (5, 0, 0) or world.node_tree is None:
+        world.use_nodes = True
+    nt = world.node_tree
+    nt.nodes.clear()
+    env = nt.nodes.new("ShaderNodeTexEnvironment")
+    env.image, env.interpolation = img, "Linear"
+    bg = nt.nodes.new("ShaderNodeBackground")
+    out = nt.nodes.new("ShaderNodeOutputWorld")
+    nt.links.new(env.outputs["Color"], bg.inputs["Color"])
+    nt.links.new(bg.outputs["Background"], out.inputs["Surface"])
+    return world
+
+
+def shadow_renders(scene, world_mod, work: Path, truth_npy: str, png: str) -> dict:
+    """Top views of the sphere's shadow under three lights: the add-on's World with its
+    Sun Lamp (as generated), the ground-truth HDR, and the 8-bit panorama as a World."""
+    import numpy as np
+
+    set_cycles(scene, samples=64)
+    made = shadow_scene(scene)
+    ours = scene.world
+    lamp = world_mod.find_sun_lamp(scene)
+    out = {"res": SHADOW_RES, "scale": SHADOW_SCALE}
+    out["lifted"] = render_top(scene, work, "lifted")
+    lamp.hide_render = True
+    scene.world = truth_world(scene, np.load(truth_npy), "Truth")
+    out["truth"] = render_top(scene, work, "truth")
+    scene.world = ldr_world(png)
+    out["ldr"] = render_top(scene, work, "ldr")
+    # Back to the add-on's World and lamp, the test objects gone.
+    scene.world = ours
+    lamp.hide_render = False
+    for ob in made:
+        bpy.data.objects.remove(ob)
+    return out
+
+
+def scenario_hdr(args, out: dict) -> None:
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    ops_mod = sys.modules[SUB + ".operators"]
+    world_mod = sys.modules[SUB + ".world"]
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    real_python = os.environ["SPHEREDIFF_PYTHON"]
+    fake = work / "fake-hdr-python"
+    fake.write_text(
+        f'#!/bin/sh\nexec "{real_python}" "{HERE / "fake_hdr_worker.py"}" "$@"\n', encoding="utf-8"
+    )
+    fake.chmod(0o755)
+    os.environ["SPHEREDIFF_PYTHON"] = str(fake)
+    s = scene.spherediff
+    s.prompt = "a clear afternoon over the fields"
+    s.random_seed = False
+    out["defaults"] = {"hdr": s.hdr, "sun_lamp": s.sun_lamp, "sun_strength": s.sun_strength}
+
+    # 1. HDR Lighting and Sun Lamp on (the defaults): the EXR World, its disc masked, a lamp.
+    out["first"] = call_generate(seed=1)
+    out["first_state"] = hdr_state(world_mod, scene, work)
+    out["first_panels"] = draw_panels(bpy.context)
+    png = str(Path(out["first_state"]["image"]["abspath"]).with_suffix(".png"))
+    names = os.environ["FAKE_HDR_SCENES"].split(",")
+    truth = str(Path(os.environ["FAKE_HDR_TRUTH_DIR"]) / f"{names[0]}.npy")
+    out["shadows"] = shadow_renders(scene, world_mod, work, truth, png)
+
+    # 2. Live settings: the World's rotation turns the lamp, Sun Strength scales it.
+    s.rotation_z = 0.5
+    s.sun_strength = 2.0
+    out["live"] = lamp_state(world_mod, scene)
+    s.rotation_z = 0.0
+    s.sun_strength = 1.0
+
+    # 3. Regenerate (another sun): the same lamp, updated, not duplicated.
+    out["second"] = call_generate(seed=2)
+    out["second_state"] = hdr_state(world_mod, scene, work)
+
+    # 4. Failure and cancel: World, lamp and files exactly as they were.
+    failures = {}
+    for name, mode in (("fail", "fail"), ("cancel", "slow")):
+        before = hdr_state(world_mod, scene, work)
+        os.environ["FAKE_HDR_MODE"] = mode
+        watcher = None
+        if mode == "slow":
+            watcher = Watcher(ops_mod, "cancel")
+            watcher.start()
+        try:
+            res = call_generate(seed=3)
+        finally:
+            os.environ.pop("FAKE_HDR_MODE", None)
+        if watcher is not None:
+            watcher.join(5)
+            watcher.info.pop("generation", None)
+        after = hdr_state(world_mod, scene, work)
+        res["unchanged"] = same_hdr_state(after, before)
+        if not res["unchanged"]:
+            res["before"], res["after"] = before, after
+        res["staging"] = staging_leftovers()
+        failures[name] = res
+    out["failures"] = failures
+
+    # 5. A panorama without a sun: the lamp is hidden, the mask let through.
+    out["no_sun"] = call_generate(seed=3)
+    out["no_sun_state"] = hdr_state(world_mod, scene, work)
+
+    # 6. HDR off: the PNG in sRGB, no lamp shining; refusals of what cannot be honoured.
+    out["ldr"] = call_generate(seed=1, hdr=False)
+    out["ldr_state"] = hdr_state(world_mod, scene, work)
+    before = hdr_state(world_mod, scene, work)
+    out["refused_video"] = call_generate(seed=1, hdr=True, video=True)
+    out["refused_sun_without_hdr"] = call_generate(seed=1, hdr=False, sun_lamp=True)
+    out["refused_unchanged"] = same_hdr_state(hdr_state(world_mod, scene, work), before)
+
+    # 7. Lift to HDR on the World's current (8-bit) image, with the real engine.
+    os.environ["SPHEREDIFF_PYTHON"] = real_python
+    try:
+        res = bpy.ops.spherediff.lift_to_hdr()
+        out["lift"] = {"result": sorted(res), "error": None}
+    except RuntimeError as exc:
+        out["lift"] = {"result": None, "error": str(exc)}
+    out["lift_state"] = hdr_state(world_mod, scene, work)
+    out["lift_again_poll"] = bpy.ops.spherediff.lift_to_hdr.poll()
+    try:
+        bpy.ops.spherediff.lift_to_hdr()
+        out["lift_again"] = None
+    except RuntimeError as exc:
+        out["lift_again"] = str(exc)
+    out["end"] = {"staging": staging_leftovers(), "children": child_processes()}
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
 def main() -> int:
     args = parse_args()
     out: dict = {"blender_version": bpy.app.version_string, "scenario": args.scenario}
@@ -1072,6 +1372,7 @@ def main() -> int:
             "video": scenario_video,
             "arguments": scenario_arguments,
             "files": scenario_files,
+            "hdr": scenario_hdr,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

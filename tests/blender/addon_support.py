@@ -101,6 +101,7 @@ class Scenario:
         extra: Sequence[str] = (),
         plan_cache: Path | None = None,
         timeout: float = 240,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.exe, self.scenario, self.base, self.timeout = exe, scenario, base, timeout
         self.work = base / "work"
@@ -125,7 +126,7 @@ class Scenario:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=scenario_env(base, plan_cache),
+            env={**scenario_env(base, plan_cache), **(env or {})},
             cwd=self.work,
         )
         self._result: dict | None = None

@@ -28,7 +28,7 @@ from spherediff_core.hdr import (
     srgb_to_linear,
 )
 
-from tests.support.hdr_truth import angle_deg, fidelity_db, to_ldr8
+from tests.support.hdr_truth import angle_deg, fibonacci_normals, fidelity_db, to_ldr8
 
 SUN_LON, SUN_LAT = math.radians(-60.0), math.radians(30.0)
 
@@ -165,6 +165,33 @@ def test_bad_arrays_refused_by_name(image, words):
         lift_to_hdr(image)
 
 
+def test_disc_masked_with_its_surround_plus_a_sun_lamp_gives_the_same_light():
+    """What the add-on does with Sun Lamp on: the World shows ``surround`` inside the disc
+    (angle/2 + 1.5 pixels) and a lamp of ``strength * color`` carries the sun. Diffuse
+    irradiance at every normal must match the EXR's own (the sun counted once)."""
+    result = lift_to_hdr(to_ldr8(clear_sky(256)))
+    sun = result.sun
+    assert sun.visible and sun.surround is not None
+    h, w = result.image.shape[:2]
+    dirs = erp_directions(h, w)
+    s = np.array(sun.direction)
+    cone = np.radians(sun.angle_deg / 2 + 1.5 * 180.0 / h)
+    masked = result.image.copy()
+    masked[dirs @ s > np.cos(cone)] = sun.surround
+    normals = fibonacci_normals(200)
+    full = diffuse_irradiance(result.image, normals)
+    lamp = np.maximum(normals @ s, 0.0)[:, None] * (sun.strength * np.array(sun.color))[None]
+    split = diffuse_irradiance(masked, normals) + lamp
+    # (Normals at grazing incidence see part of the disc, widened to a pixel: compare with
+    # the light's scale, not each normal's own.)
+    assert np.abs(split - full).max() < 0.02 * full.max()
+    assert np.median(np.abs(split / full - 1)) < 0.01
+    # ... and without the lamp the masked World lacks the sun (most of the light).
+    assert (diffuse_irradiance(masked, normals) @ [0.2126, 0.7152, 0.0722]).mean() < 0.5 * (
+        full @ [0.2126, 0.7152, 0.0722]
+    ).mean()
+
+
 def test_exr_and_sidecar_round_trip(tmp_path):
     result = lift_to_hdr(to_ldr8(clear_sky(64)))
     paths = write_hdr_outputs(result, tmp_path / "sub" / "pano.exr", source="pano.png")
@@ -174,7 +201,8 @@ def test_exr_and_sidecar_round_trip(tmp_path):
     assert set(doc["hdr"]) == {"exr", "exposure", "method", "sun"}
     assert doc["hdr"]["exr"] == "pano.exr" and doc["hdr"]["exposure"] == 1.0
     assert set(doc["hdr"]["sun"]) == {
-        "visible", "direction", "azimuth_deg", "elevation_deg", "angle_deg", "color", "strength"
+        "visible", "direction", "azimuth_deg", "elevation_deg", "angle_deg", "color", "strength",
+        "surround",
     }  # fmt: skip
     assert doc["hdr"]["sun"]["visible"] is True and len(doc["hdr"]["sun"]["direction"]) == 3
     assert sorted(p.name for p in paths.exr.parent.iterdir()) == ["pano.exr", "pano.json"]
