@@ -51,7 +51,8 @@ def main() -> int:
     emit("progress", phase="load", step=1, total=1, eta_s=None, message="loaded")
     if mode == "fail":
         output.write_bytes(b"\x89PNG half")
-        emit("error", code="internal", message="the fake HDR worker failed on purpose", traceback="")
+        message = "the fake HDR worker failed on purpose"
+        emit("error", code="internal", message=message, traceback="")
         return 1
     if mode == "slow":
         cancelled = threading.Event()
@@ -72,7 +73,8 @@ def main() -> int:
 
     t0 = time.monotonic()
     names = os.environ["FAKE_HDR_SCENES"].split(",")
-    truth = np.load(Path(os.environ["FAKE_HDR_TRUTH_DIR"]) / f"{names[(seed - 1) % len(names)]}.npy")
+    name = names[(seed - 1) % len(names)]
+    truth = np.load(Path(os.environ["FAKE_HDR_TRUTH_DIR"]) / f"{name}.npy")
     ldr = to_ldr8(truth)
     emit("progress", phase="denoise", step=1, total=1, eta_s=None, message="")
     Image.fromarray(ldr).save(output)
