@@ -7,7 +7,8 @@
 # Sets up what it needs (idempotent): .venv (the engine's worker Python), .venv-bpy50
 # (Blender 5.0 as a Python module), the extension .zip; installs the extension into a
 # private Blender user folder under the output folder. Writes DIR/world.blend,
-# DIR/preview.png and the panorama (DIR/spherediff/*.png + .json). The default model is
+# DIR/preview.png and the panorama (DIR/spherediff/*.png, the HDR .exr the World shows, and
+# .json), with the SphereDiff Sun lamp when it has a sun. The default model is
 # SANA 1600M; it is fetched into the Hugging Face cache first when the Hub is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."

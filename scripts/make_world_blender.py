@@ -95,6 +95,12 @@ def main() -> int:
     image = scene.world.node_tree.nodes.get("SphereDiff Environment")
     panorama = bpy.path.abspath(image.image.filepath) if image and image.image else "?"
     print(f"panorama: {panorama}\npreview:  {out / 'preview.png'}\nscene:    {out / 'world.blend'}")
+    settings = scene.spherediff
+    if settings.last_hdr and settings.last_sun:
+        print(
+            f"sun lamp: SphereDiff Sun, azimuth {settings.last_sun_azimuth:.1f} deg, elevation "
+            f"{settings.last_sun_elevation:.1f} deg, {settings.last_sun_energy:.3g} W/m^2"
+        )
     return 0
 
 

@@ -243,6 +243,12 @@ cli_case(
     raw=lambda sb: cli_args(sb, cache_dir=str(_file(sb, "cache.txt"))),
 )
 cli_case("cli-unknown-flag", "--stepz 3 (a typo)", ("--stepz",), stepz="3")
+cli_case(
+    "cli-hdr-video",
+    "--hdr --video (videos stay LDR)",
+    ("hdr", "video"),
+    raw=lambda sb: [*cli_args(sb), "--hdr", "--video"],
+)
 cli_case("cli-no-prompt", "no --prompt", ("--prompt",), drop=("prompt",))
 cli_case(
     "cli-video-jpg",
@@ -480,6 +486,8 @@ def _(sb):
 # --------------------------------------------------------------------------------------
 
 worker_case("job-not-json", "a job line that is not JSON", ("JSON",), job=lambda sb: "{nope")
+worker_case("job-hdr-not-bool", '"hdr": "yes"', ("hdr", "true or false"), hdr="yes")
+worker_case("job-hdr-video", '"hdr": true with "video": true', ("hdr", "LDR"), hdr=True, video=True)
 worker_case("job-array", "a JSON array instead of an object", ("object",), job=lambda sb: "[1]")
 worker_case(
     "job-deeply-nested",
@@ -1225,6 +1233,17 @@ OPERATOR_CASES = {
         "video=True with an image model",
         ("video",),
     ),
+    "op-hdr-video": (
+        {"video": True, "hdr": True},
+        "video=True, hdr=True (animated worlds stay LDR)",
+        ("hdr",),
+    ),
+    "op-sun-without-hdr": (
+        {"hdr": False, "sun_lamp": True},
+        "hdr=False, sun_lamp=True",
+        ("sun_lamp", "hdr"),
+    ),
+    "op-sun-strength-negative": ({"sun_strength": -1.0}, "sun_strength=-1", ("sun_strength",)),
     "op-generates": (
         {"seed": 9},
         "a good call: the saved sidecar names the saved PNG, not the staging folder",

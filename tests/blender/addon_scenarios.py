@@ -422,6 +422,7 @@ def scenario_generate(args, out: dict) -> None:
     s.steps = 2
     s.random_seed = False
     s.seed = 7
+    s.hdr = False  # the renders below compare with the PNG; HDR has its own step (3b)
 
     worker_pids = []
 
@@ -486,6 +487,19 @@ def scenario_generate(args, out: dict) -> None:
         "packed": env.image.packed_file is not None,
         "old_image_still_there": out["first_image"]["name"] in bpy.data.images,
         "files": sorted(p.name for p in (work / "spherediff").iterdir()),
+    }
+
+    # 3b. HDR Lighting with the real engine: the EXR beside the PNG is the World.
+    out["hdr"] = call_generate(seed=9, hdr=True, pack_image=False)
+    env = world_mod.find_node(tree, "environment")
+    out["hdr_image"] = {
+        "filepath": env.image.filepath,
+        "abspath": bpy.path.abspath(env.image.filepath),
+        "colorspace": env.image.colorspace_settings.name,
+        "is_float": env.image.is_float,
+        "size": list(env.image.size),
+        "files": sorted(p.name for p in (work / "spherediff").iterdir()),
+        "last_hdr": s.last_hdr,
     }
 
     # 4. Failures: each must leave the World untouched and report a clear error.

@@ -86,8 +86,14 @@ def _by_tag(snapshot) -> dict[str, dict]:
 CHAIN = {
     ("SphereDiff Texture Coordinate", "Generated", "SphereDiff Mapping", "Vector"),
     ("SphereDiff Mapping", "Vector", "SphereDiff Environment", "Vector"),
-    ("SphereDiff Environment", "Color", "SphereDiff Background", "Color"),
+    # Through the sun-disc mask (issue 10), open when there is no Sun Lamp.
+    ("SphereDiff Environment", "Color", "SphereDiff Sun Mask", "A_Color"),
+    ("SphereDiff Sun Mask", "Result_Color", "SphereDiff Background", "Color"),
 }
+TAGS = {
+    "texcoord", "mapping", "environment", "background",
+    "sun_normalize", "sun_dot", "sun_cone", "sun_mask",
+}  # fmt: skip
 
 
 def test_first_generation_builds_the_world(scenario):
@@ -97,7 +103,8 @@ def test_first_generation_builds_the_world(scenario):
     snap = s["first_snapshot"]
     assert snap["world"] == "SphereDiff World"
     tags = _by_tag(snap)
-    assert set(tags) == {"texcoord", "mapping", "environment", "background"}, tags
+    assert set(tags) == TAGS, tags
+    assert tags["sun_cone"]["inputs"]["Value_001"] > 1.0  # the mask lets everything through
     links = _links(snap)
     assert links >= CHAIN, links
     output = s["active_output"]
@@ -192,6 +199,24 @@ def test_render_shows_the_panorama_where_blender_maps_it(scenario, view):
 
 
 # --------------------------------------------------------------------------- re-run
+def test_hdr_generation_through_the_real_worker(scenario):
+    """hdr=True with the real engine: <stem>.exr saved beside the PNG and its sidecar, and
+    loaded as the World in linear Rec.709 (the sidecar's hdr block names the saved EXR)."""
+    s = scenario
+    assert s["hdr"]["result"] == ["FINISHED"], s["hdr"]
+    img = s["hdr_image"]
+    assert img["filepath"].endswith("_seed9.exr"), img
+    assert img["colorspace"] == "Linear Rec.709" and img["is_float"] and s["hdr_image"]["last_hdr"]
+    assert img["size"] == [256, 128]
+    exr = Path(img["abspath"])
+    assert {exr.name, exr.with_suffix(".png").name, exr.with_suffix(".json").name} <= set(
+        img["files"]
+    )
+    sidecar = json.loads(exr.with_suffix(".json").read_text(encoding="utf-8"))
+    assert sidecar["hdr"]["exr"] == exr.name and sidecar["image"] == exr.with_suffix(".png").name
+    assert sidecar["options"]["hdr"] is True
+
+
 def test_rerun_updates_the_same_nodes_and_keeps_user_nodes(scenario):
     s = scenario
     assert s["second"]["result"] == ["FINISHED"], s["second"]
@@ -201,7 +226,7 @@ def test_rerun_updates_the_same_nodes_and_keeps_user_nodes(scenario):
     assert "User RGB" in names and "User Value" in names
     assert len(names) == len(set(names)) == len(s["first_snapshot"]["nodes"]) + 2
     tags = [n["tag"] for n in snap["nodes"] if n["tag"]]
-    assert sorted(tags) == ["background", "environment", "mapping", "texcoord"]
+    assert sorted(tags) == sorted(TAGS)
     assert _links(snap) == _links(s["first_snapshot"])
     by_tag = _by_tag(snap)
     assert by_tag["mapping"]["inputs"]["Rotation"] == [0.0, 0.0, 0.5]
