@@ -3,6 +3,8 @@
     spherediff generate --prompt "a misty pine forest at dawn" --size 2K --out forest.png
     spherediff generate --model Lightricks/LTX-Video --video --frames 49 --fps 24 \
         --prompt "waves rolling onto a beach" --out beach.mp4
+    spherediff generate --prompt "a harbour at dusk" --image plate.jpg --image-fov-deg 50 \
+        --out harbour.png
     spherediff hdr panorama.png --out panorama.exr
     spherediff worker [--job JOB.json] [--hello]
     spherediff --version
@@ -163,6 +165,48 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
         {
             "help": "also write <stem>.exr: the panorama lifted to linear HDR with its sun "
             "(stills only; the sidecar gets the hdr block)"
+        },
+    ),
+    (
+        "image",
+        ("--image",),
+        {
+            "metavar": "PHOTO",
+            "help": "a known image (PNG/JPEG) the panorama is generated around, placed by "
+            "the --image-* options (image models only)",
+        },
+    ),
+    (
+        "image_yaw_deg",
+        ("--image-yaw-deg",),
+        {"type": float, "help": "azimuth of the image's centre: 0 = +X, 90 = +Y (default 0)"},
+    ),
+    (
+        "image_pitch_deg",
+        ("--image-pitch-deg",),
+        {"type": float, "help": "elevation of the image's centre, -90..90 (default 0)"},
+    ),
+    (
+        "image_roll_deg",
+        ("--image-roll-deg",),
+        {"type": float, "help": "roll of the image's camera, -180..180 (default 0)"},
+    ),
+    (
+        "image_fov_deg",
+        ("--image-fov-deg",),
+        {"type": float, "help": "horizontal field of view of the image, 1..170 (default 60)"},
+    ),
+    (
+        "image_feather_deg",
+        ("--image-feather-deg",),
+        {"type": float, "help": "width of the blend inside the image's border (default 4)"},
+    ),
+    (
+        "image_strength",
+        ("--image-strength",),
+        {
+            "type": float,
+            "help": "fraction of the steps the image is held, 0.05..1 (default 1: exactly)",
         },
     ),
     (

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .fusion import SphereAccumulator, gather_views
+from .known import KnownRegion
 from .plan import SamplingPlan
 
 __all__ = [
@@ -125,6 +126,8 @@ def sphere_denoise(
     callback: Callable[[DenoiseProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     step_kwargs: dict[str, Any] | None = None,
+    known: KnownRegion | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise sphere latents over the scheduler's timesteps.
 
@@ -143,6 +146,10 @@ def sphere_denoise(
         callback: called after every view batch with a :class:`DenoiseProgress`.
         should_cancel: polled before every view batch; True raises GenerationCancelled.
         step_kwargs: extra keyword arguments for ``scheduler.step`` (e.g. a generator).
+        known: sphere points held to known content after each of its ``enforce_steps``
+            steps (:class:`spherediff_core.known.KnownRegion`).
+        noise: (B, C, [F,] N) unit noise that noises the known content to each timestep;
+            default the initial ``latents`` over :func:`init_noise_sigma`.
 
     Returns the denoised sphere latents, shaped like ``latents``.
     """
@@ -156,6 +163,8 @@ def sphere_denoise(
     if latents.shape[-1] != plan.n_points:
         raise ValueError(f"latents have {latents.shape[-1]} points, the plan {plan.n_points}")
     do_cfg = negative_conditioning is not None and guidance_scale != 1.0
+    if known is not None and noise is None:
+        noise = latents / init_noise_sigma(scheduler)
     step_kwargs = dict(step_kwargs or {})
     batch = latents.shape[0]
     device = latents.device
@@ -221,4 +230,7 @@ def sphere_denoise(
         stepped = scheduler.step(model_output, t, latents, return_dict=False, **step_kwargs)[0]
         # A point no view covers keeps its value.
         latents = torch.where(covered, stepped.to(latents.dtype), latents)
+        # 6. Known content held (the latent blend of diffusers' inpainting pipelines)
+        if known is not None and step_index < known.enforce_steps:
+            latents = known.blend(latents, scheduler, step_index + 1, noise)
     return latents

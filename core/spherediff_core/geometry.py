@@ -60,6 +60,7 @@ __all__ = [
     "lonlat_to_directions",
     "points_per_view",
     "project_to_views",
+    "rolled_camera_frame",
     "tan_half_fovs",
     "view_rays",
     "view_solid_angle",
@@ -135,6 +136,23 @@ def camera_frames(lon_rad: torch.Tensor, lat_rad: torch.Tensor) -> torch.Tensor:
     right = torch.stack([torch.sin(lon), -torch.cos(lon), zero], dim=-1)
     up = torch.linalg.cross(right, forward, dim=-1)
     return torch.stack([right, up, forward], dim=-2)
+
+
+def rolled_camera_frame(yaw_deg: float, pitch_deg: float, roll_deg: float) -> torch.Tensor:
+    """The frame (3, 3) (rows right, up, forward) of a camera looking at azimuth ``yaw_deg``
+    and elevation ``pitch_deg``, rolled by ``roll_deg`` about its forward axis.
+
+    Zero roll is :func:`camera_frames`' level frame. A positive roll turns the right axis
+    towards the up axis (``r' = cos a r + sin a u``, ``u' = cos a u - sin a r``): the
+    rotation of a Blender camera about its own local Z axis by ``+a``.
+    """
+    frame = camera_frames(
+        torch.tensor([math.radians(yaw_deg)], dtype=torch.float64),
+        torch.tensor([math.radians(pitch_deg)], dtype=torch.float64),
+    )[0]
+    a = math.radians(roll_deg)
+    r, u, f = frame[0], frame[1], frame[2]
+    return torch.stack([math.cos(a) * r + math.sin(a) * u, math.cos(a) * u - math.sin(a) * r, f])
 
 
 def tan_half_fovs(fov_deg: float, height: int, width: int) -> tuple[float, float]:

@@ -73,6 +73,13 @@ class GenerationOptions:
     or .mp4): ``<stem>_frames/frame_0001.png``..., ``<stem>.mp4`` and ``<stem>.json``.
     ``frames`` and ``fps`` are ignored for stills.
 
+    Known image (``image``, a PNG/JPEG/WebP file; image models only): the panorama is
+    generated around it, the image placed where a camera at azimuth ``image_yaw_deg`` and
+    elevation ``image_pitch_deg``, rolled by ``image_roll_deg``, with a horizontal field of
+    view of ``image_fov_deg`` would see it (:mod:`spherediff_core.known`); its border blends
+    over ``image_feather_deg``, and it is held for the first ``image_strength`` fraction of
+    the steps (1: to the end, so it comes out as given).
+
     HDR (``hdr=True``, stills only): the decoded panorama is also lifted to scene-referred
     linear HDR with its sun (:mod:`spherediff_core.hdr`) and written as ``<stem>.exr``
     beside the PNG; the sidecar gets the ``hdr`` block. Videos stay LDR in this version.
@@ -109,6 +116,13 @@ class GenerationOptions:
     fps: int | None = None
     true_cfg_scale: float | None = None
     hdr: bool = False
+    image: str | None = None
+    image_yaw_deg: float = 0.0
+    image_pitch_deg: float = 0.0
+    image_roll_deg: float = 0.0
+    image_fov_deg: float = 60.0
+    image_feather_deg: float = 4.0
+    image_strength: float = 1.0
 
     @property
     def height(self) -> int:
@@ -201,6 +215,15 @@ class GenerationOptions:
                 "a video stays LDR in this version (the lift is for stills); turn hdr off "
                 "for a video, or lift single frames with: spherediff hdr FRAME.png",
             )
+        # Known image
+        _check_float("image_yaw_deg", self.image_yaw_deg, -360.0, 360.0)
+        _check_float("image_pitch_deg", self.image_pitch_deg, -90.0, 90.0)
+        _check_float("image_roll_deg", self.image_roll_deg, -180.0, 180.0)
+        _check_float("image_fov_deg", self.image_fov_deg, 1.0, 170.0)
+        _check_float("image_feather_deg", self.image_feather_deg, 0.0, 45.0)
+        _check_float("image_strength", self.image_strength, 0.05, 1.0)
+        if self.image is not None:
+            _check_known_image(self)
         # Files
         _check_name_length("output", self.output, self.video, self.hdr)
         _check_output(self.output, self.video)
@@ -326,6 +349,77 @@ def _name_max(folder: Path) -> int:
         return int(os.pathconf(probe, "PC_NAME_MAX"))
     except (AttributeError, OSError, ValueError):  # Windows has no pathconf
         return 255
+
+
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"RIFF", "WebP"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+MAX_IMAGE_ASPECT = 4.0  # a known image at most 4:1 (or 1:4)
+MAX_IMAGE_VFOV_DEG = 170.0
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of an image file read from its header (Pillow); None without Pillow
+    (in Blender's Python, where the worker checks again)."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        return None
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise OptionsError("image", f"{path!r} cannot be read as an image ({exc})") from None
+
+
+def _check_known_image(options: GenerationOptions) -> None:
+    """The known image: a readable 8-bit picture of sensible shape, for a still."""
+    path = options.image
+    if not isinstance(path, str) or not path.strip():
+        raise OptionsError("image", f"{path!r} must be the path of a PNG or JPEG image, or null")
+    _check_no_nul("image", path)
+    if options.video:
+        raise OptionsError(
+            "image",
+            "a known image works with image models only in this version (image-to-360-video "
+            "is not supported yet); leave image out for a video",
+        )
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise OptionsError("image", f"{path!r} does not exist (or is not a file)")
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise OptionsError("image", f"{path!r} cannot be read ({exc.strerror or exc})") from None
+    kind = next((k for magic, k in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if kind is None or (kind == "WebP" and head[8:12] != b"WEBP"):
+        raise OptionsError(
+            "image", f"{path!r} is not a PNG, JPEG, WebP, BMP or TIFF image; convert it to PNG"
+        )
+    size = image_size(str(file))
+    if size is None:
+        return
+    w, h = size
+    if min(w, h) < 8 or max(w, h) / min(w, h) > MAX_IMAGE_ASPECT:
+        raise OptionsError(
+            "image",
+            f"{path!r} is {w}x{h}: a known image must be at least 8 pixels on each side and "
+            f"no more than {MAX_IMAGE_ASPECT:g}:1; crop it",
+        )
+    tx = math.tan(math.radians(options.image_fov_deg) / 2.0)
+    vfov = math.degrees(2.0 * math.atan(tx * h / w))
+    if vfov > MAX_IMAGE_VFOV_DEG:
+        raise OptionsError(
+            "image_fov_deg",
+            f"{options.image_fov_deg:g} gives this {w}x{h} image a vertical field of view of "
+            f"{vfov:.0f} deg (at most {MAX_IMAGE_VFOV_DEG:g}); lower it",
+        )
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

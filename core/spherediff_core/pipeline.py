@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import geometry
@@ -48,6 +49,7 @@ from .errors import (
 )
 from .families import check_video_request
 from .fusion import gather_views
+from .known import ImagePlacement, KnownRegion, footprint, known_grid_size, sample_grid
 from .modelcheck import check_component_classes, check_model_folder, read_model_index
 from .options import SIZE_PRESETS, GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
@@ -470,21 +472,29 @@ class SphereDiffPipeline:
         # 5. Prepare latents, (1, C, N) or (1, C, F_lat, N): drawn on the CPU, so the same
         #    seed gives the same noise anywhere
         generator = torch.Generator("cpu").manual_seed(options.seed)
-        latents = self._noise(plan, request, generator)
-        latents = (latents * init_noise_sigma(scheduler)).to(adapter.device)
+        noise = self._noise(plan, request, generator)
+        latents = (noise * init_noise_sigma(scheduler)).to(adapter.device)
 
-        # 6. Denoising loop on the sphere
+        # 6. A known image: its latents on the sphere, held while denoising
+        known = None
+        if options.image is not None:
+            with _timed(timings, "encode_image"):
+                known = self._known_region(plan, options, len(scheduler.timesteps))
+
+        # 7. Denoising loop on the sphere
         run = _Run(options, request, plan, timings, callback, should_cancel, warnings)
         with _timed(timings, "denoise"):
             step_kwargs = step_kwargs_for(scheduler, generator)
-            latents = self._denoise(run, scheduler, latents, conditioning, negative, step_kwargs)
+            latents = self._denoise(
+                run, scheduler, latents, conditioning, negative, step_kwargs, known, noise
+            )
 
-        # 7. Decode every view with the VAE, blending it into the ERP canvas as it comes
+        # 8. Decode every view with the VAE, blending it into the ERP canvas as it comes
         with _timed(timings, "decode"):
             canvas = self._decode_to_erp(run, latents, generator)
         timings["decode"] -= timings["erp"]
 
-        # 8. The ERP image, or one ERP image per frame
+        # 9. The ERP image, or one ERP image per frame
         erp = canvas.result().clamp_(0, 1)
         timings["total"] = time.perf_counter() - t_start
         return self._result(run, erp)
@@ -513,6 +523,34 @@ class SphereDiffPipeline:
             plan, self.adapter.latent_channels, frames=frames, generator=generator
         )
 
+    def _known_region(
+        self, plan: SamplingPlan, options: GenerationOptions, n_steps: int
+    ) -> KnownRegion:
+        """The known image encoded in perspective and written onto the sphere points of
+        its footprint (spherediff_core.known): one latent cell per sphere point across."""
+        from PIL import Image
+
+        adapter = self.adapter
+        placement = ImagePlacement(
+            yaw_deg=options.image_yaw_deg,
+            pitch_deg=options.image_pitch_deg,
+            roll_deg=options.image_roll_deg,
+            fov_deg=options.image_fov_deg,
+            feather_deg=options.image_feather_deg,
+        )
+        with Image.open(Path(options.image).expanduser()) as im:
+            rgb = im.convert("RGB")
+        rows, cols = known_grid_size(
+            placement, rgb.height, rgb.width, plan.n_points, adapter.grid_multiple
+        )
+        s = adapter.vae_scale_factor
+        rgb = rgb.resize((cols * s, rows * s), Image.Resampling.LANCZOS)
+        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+        grid = adapter.encode_images(pixels.permute(2, 0, 1)[None])[0].cpu()  # (C, rows, cols)
+        fp = footprint(plan.points, placement, rows, cols)
+        latents = sample_grid(grid, fp.x.float(), fp.y.float()) * (fp.weight > 0)
+        return KnownRegion(latents, fp.weight, math.ceil(options.image_strength * n_steps))
+
     def _denoise(
         self,
         run: _Run,
@@ -521,6 +559,8 @@ class SphereDiffPipeline:
         conditioning: list[PromptEmbedding],
         negative: PromptEmbedding | None,
         step_kwargs: dict[str, Any] | None = None,
+        known: KnownRegion | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         adapter, request, options, timings = self.adapter, run.request, run.options, run.timings
         callback = run.callback
@@ -574,6 +614,8 @@ class SphereDiffPipeline:
                 callback=on_denoise,
                 should_cancel=run.should_cancel,
                 step_kwargs=step_kwargs,
+                known=known,
+                noise=None if noise is None else noise.to(latents.device),
             )
         except GenerationCancelled as exc:
             raise CancelledError("generation cancelled") from exc

@@ -221,6 +221,27 @@ class ModelAdapter(ABC):
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return latents / vae.config.scaling_factor + shift
 
+    # --- encoding (known images) -------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB (n, 3, H, W) in [0, 1] -> the denoiser's latents (n, C, H / s, W / s).
+
+        The VAE's encoder (its distribution's mode, or the latent of a deterministic
+        encoder such as SANA's DC-AE), then :meth:`from_vae_latents`: the inverse of what
+        :meth:`decode` undoes, as the family's img2img / inpaint pipelines encode."""
+        vae = self.pipe.vae
+        x = (images * 2.0 - 1.0).to(device=self.device, dtype=vae.dtype)
+        out = vae.encode(x)
+        dist = getattr(out, "latent_dist", None)
+        lat = dist.mode() if dist is not None else out.latent
+        return self.from_vae_latents(lat.float()).float()
+
+    def from_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE encoder's latents -> the denoiser's (the scaling / normalisation)."""
+        vae = self.pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
+
     # --- memory -------------------------------------------------------------------------
     def apply_memory_options(self, cpu_offload: bool, vae_tiling: bool, vae_slicing: bool) -> None:
         self.enable_vae_memory_savers(vae_tiling, vae_slicing)

@@ -90,6 +90,17 @@ class StableDiffusionXLAdapter(ModelAdapter):
         )[0]
         return out.float().to(inp.latents.device)
 
+    def from_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        # As StableDiffusionXLImg2ImgPipeline: a VAE with latents_mean/std is normalised.
+        vae = self.pipe.vae
+        mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+        if mean is None or std is None:
+            return latents * vae.config.scaling_factor
+        c = latents.shape[1]
+        mean_t = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(1, c, 1, 1)
+        std_t = torch.tensor(std, dtype=latents.dtype, device=latents.device).view(1, c, 1, 1)
+        return (latents - mean_t) * vae.config.scaling_factor / std_t
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         vae = self.pipe.vae
