@@ -7,7 +7,8 @@ Modules by role:
 * ``operators``: Generate World, Cancel, Check Worker, Install Dependencies,
 * ``panels``: World Properties > SphereDiff and the status-bar progress,
 * ``worker_client``: the worker subprocess and its JSON-lines events (no bpy),
-* ``world``: the World's node chain and the image files,
+* ``world``: the World's node chain, the image files and the Sun lamp,
+* ``camera_match``: where a plate seen through the scene camera sits (Extend Image),
 * ``installer``: the worker's virtual environment (no bpy).
 """
 
@@ -18,11 +19,13 @@ if "bpy" in locals():  # re-enabling the add-on after an edit: reload in depende
     installer = importlib.reload(installer)  # noqa: F821
     properties = importlib.reload(properties)  # noqa: F821
     world = importlib.reload(world)  # noqa: F821
+    camera_match = importlib.reload(camera_match)  # noqa: F821
     preferences = importlib.reload(preferences)  # noqa: F821
     operators = importlib.reload(operators)  # noqa: F821
     panels = importlib.reload(panels)  # noqa: F821
 else:
     from . import (
+        camera_match,
         installer,
         operators,
         panels,
@@ -59,6 +62,7 @@ def unregister() -> None:
 
 
 __all__ = [
+    "camera_match",
     "installer",
     "operators",
     "panels",

@@ -11,6 +11,7 @@ and the scene's frame range and rate are exactly as they were.
 
 import contextlib
 import json
+import math
 import random
 import shutil
 import sys
@@ -24,7 +25,7 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 from bpy.types import Operator
 
-from . import installer, properties, saving, worker_client, world
+from . import camera_match, installer, properties, saving, worker_client, world
 from .preferences import (
     default_model_id,
     default_video_model_id,
@@ -302,16 +303,22 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         problem = properties.generation_problem(values, resolve_model(values, prefs))
         if problem:
             return None, problem
+        staging = Path(tempfile.mkdtemp(prefix="spherediff-"))
         placeholder = str(Path(tempfile.gettempdir()) / "spherediff.png")
         options = build_options(values, prefs, placeholder)
-        error = validate_options(options)
-        if error:
-            return None, f"invalid option: {error}"
-        problem = saving.folder_problem(world.output_folder(values["output_dir"]))
+        problem = ""
+        if values["extend_image"]:  # a data-block may be saved into the staging folder
+            known, problem = known_image_options(values, scene, staging)
+            options.update(known)
+        if not problem:
+            error = validate_options(options)
+            problem = f"invalid option: {error}" if error else ""
+        if not problem:
+            problem = saving.folder_problem(world.output_folder(values["output_dir"]))
         if problem:
+            shutil.rmtree(staging, ignore_errors=True)
             return None, problem
 
-        staging = Path(tempfile.mkdtemp(prefix="spherediff-"))
         # A video's outputs are named by the stem: world_frames/frame_0001.png..., world.mp4
         options["output"] = str(staging / ("world.png" if values["video"] else "panorama.png"))
         log = None
@@ -332,6 +339,72 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
             return None, run.failure.message
         _ACTIVE = Generation(run, staging, scene.name, values, options, notes)
         return _ACTIVE, ""
+
+
+# --------------------------------------------------------------------------- known image
+KNOWN_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def known_image_options(values: dict, scene, staging: Path) -> tuple[dict, str]:
+    """The engine options of Extend Image (``image`` and its placement), or a problem."""
+    path, problem = known_image_file(values, staging)
+    if problem:
+        return {}, problem
+    placement, problem = camera_match.placement_for(values, scene)
+    if problem:
+        return {}, problem
+    return {
+        "image": path,
+        "image_yaw_deg": camera_match.wrap_deg(placement["yaw_deg"]),
+        "image_pitch_deg": placement["pitch_deg"],
+        "image_roll_deg": camera_match.wrap_deg(placement["roll_deg"]),
+        "image_fov_deg": placement["fov_deg"],
+        "image_feather_deg": math.degrees(values["image_feather"]),
+        "image_strength": float(values["image_strength"]),
+    }, ""
+
+
+def known_image_file(values: dict, staging: Path) -> tuple[str, str]:
+    """The file of the image to extend: a data-block's own file, or the data-block saved
+    as a PNG into the staging folder (a render result, an edited, packed or generated
+    image, as it is displayed), or the chosen file. (path, "") or ("", problem)."""
+    name = values["image_name"].strip()
+    if name:
+        image = bpy.data.images.get(name)
+        if image is None:
+            return "", f"Extend Image: there is no image named {name!r}; choose another one"
+        if image.source == "FILE" and image.packed_file is None and not image.is_dirty:
+            path = Path(bpy.path.abspath(image.filepath, library=image.library))
+            if path.is_file() and path.suffix.lower() in KNOWN_SUFFIXES:
+                return str(path), ""
+        return save_as_png(image, staging / "known.png")
+    text = values["image_path"].strip()
+    if not text:
+        return "", (
+            "Extend Image is on but no image is chosen: pick an image file or an image "
+            "data-block, or turn Extend Image off"
+        )
+    return bpy.path.abspath(text), ""
+
+
+def save_as_png(image, path: Path) -> tuple[str, str]:
+    """Save ``image`` as an 8-bit RGB PNG the way it is displayed (the scene's view
+    transform), the scene's output settings restored afterwards."""
+    scene = bpy.context.scene
+    settings = scene.render.image_settings
+    keep = {k: getattr(settings, k) for k in ("file_format", "color_mode", "color_depth")}
+    try:
+        settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "8"
+        image.save_render(str(path), scene=scene)
+    except RuntimeError as exc:
+        return "", f"Extend Image: {image.name!r} cannot be saved as a picture ({exc})"
+    finally:
+        for key, value in keep.items():
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                setattr(settings, key, value)
+    if not path.is_file():
+        return "", f"Extend Image: {image.name!r} has no pixels to extend (render it first)"
+    return str(path), ""
 
 
 HDR_VIDEO_REFUSED = (

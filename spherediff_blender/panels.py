@@ -5,7 +5,7 @@ from pathlib import Path
 import bpy
 from bpy.types import Panel
 
-from . import operators, properties, worker_client
+from . import camera_match, operators, properties, worker_client
 from .preferences import ADDON_PACKAGE, get_preferences, offline_forced, resolve_worker_python
 
 
@@ -114,6 +114,42 @@ class WORLD_PT_spherediff_settings(_SphereDiffPanel, Panel):
         sub = row.row(align=True)
         sub.active = not s.random_seed
         sub.prop(s, "seed", text="")
+
+
+class WORLD_PT_spherediff_extend(_SphereDiffPanel, Panel):
+    bl_label = "Extend Image"
+    bl_parent_id = "WORLD_PT_spherediff"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_header(self, context):
+        self.layout.prop(context.scene.spherediff, "extend_image", text="")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        s = context.scene.spherediff
+        layout.active = s.extend_image
+        col = layout.column()
+        col.prop_search(s, "image_name", bpy.data, "images", text="Image")
+        row = col.row()
+        row.active = not s.image_name
+        row.prop(s, "image_path", text="File")
+        col = layout.column()
+        col.prop(s, "match_camera")
+        if s.match_camera:
+            _wrapped_label(col, camera_match.current_camera_text(context.scene), "CAMERA_DATA", 50)
+        else:
+            sub = col.column(align=True)
+            sub.prop(s, "image_yaw")
+            sub.prop(s, "image_pitch")
+            sub.prop(s, "image_roll")
+            sub.prop(s, "image_fov")
+        col = layout.column(align=True)
+        col.prop(s, "image_feather")
+        col.prop(s, "image_strength")
+        if s.video:
+            layout.label(text="Animated worlds cannot extend an image yet", icon="INFO")
 
 
 class WORLD_PT_spherediff_output(_SphereDiffPanel, Panel):
@@ -287,6 +323,7 @@ classes = (
     WORLD_PT_spherediff_directional,
     WORLD_PT_spherediff_settings,
     WORLD_PT_spherediff_animated,
+    WORLD_PT_spherediff_extend,
     WORLD_PT_spherediff_output,
     WORLD_PT_spherediff_generate,
 )

@@ -216,6 +216,13 @@ VALUE_RANGES = {
     "rotation_z": (None, None),
     "strength": (0.0, MAX_STRENGTH),
     "sun_strength": (0.0, MAX_STRENGTH),
+    # A known image (Extend Image): radians, as Blender's angle properties hold them.
+    "image_yaw": (None, None),
+    "image_pitch": (-math.pi / 2, math.pi / 2),
+    "image_roll": (-math.pi, math.pi),
+    "image_fov": (math.radians(1.0), math.radians(170.0)),
+    "image_feather": (0.0, math.radians(45.0)),
+    "image_strength": (0.05, 1.0),
 }
 
 
@@ -624,6 +631,98 @@ def generation_properties(live_update: bool) -> dict:
             **_number_range("strength", live_update, soft_max=10.0),
             options=opts,
             **update,
+        ),
+        "extend_image": BoolProperty(
+            name="Extend Image",
+            description=(
+                "Generate the world around a known image (a backplate photo, a painting, a "
+                "render): it is kept as it is where it sits, and the rest of the sphere is "
+                "made to match. Image models only"
+            ),
+            default=False,
+            options=opts,
+        ),
+        "image_path": StringProperty(
+            name="Image File",
+            description="The image to extend (PNG, JPEG, WebP), if no image data-block is chosen",
+            default="",
+            subtype="FILE_PATH",
+            options=opts | BLEND_RELATIVE,
+        ),
+        "image_name": StringProperty(
+            name="Image",
+            description=(
+                "An image data-block to extend (a loaded image, a render result, a camera's "
+                "background image); it wins over the file"
+            ),
+            default="",
+            options=opts,
+        ),
+        "match_camera": BoolProperty(
+            name="Match Camera",
+            description=(
+                "Place the image where the scene camera sees it (its rotation and field of "
+                "view), so the generated World lines up behind the plate in the camera view"
+            ),
+            default=True,
+            options=opts,
+        ),
+        "image_yaw": FloatProperty(
+            name="Azimuth",
+            description="Where the image's centre looks, around Z (0: +X, 90°: +Y)",
+            default=0.0,
+            soft_min=-math.pi,
+            soft_max=math.pi,
+            subtype="ANGLE",
+            unit="ROTATION",
+            options=opts,
+        ),
+        "image_pitch": FloatProperty(
+            name="Elevation",
+            description="How far above the horizon the image's centre looks",
+            default=0.0,
+            **_number_range("image_pitch", live_update),
+            subtype="ANGLE",
+            unit="ROTATION",
+            options=opts,
+        ),
+        "image_roll": FloatProperty(
+            name="Roll",
+            description="The image's camera roll about its viewing direction",
+            default=0.0,
+            **_number_range("image_roll", live_update),
+            subtype="ANGLE",
+            unit="ROTATION",
+            options=opts,
+        ),
+        "image_fov": FloatProperty(
+            name="Field of View",
+            description="The image's horizontal field of view",
+            default=math.radians(60.0),
+            **_number_range("image_fov", live_update),
+            subtype="ANGLE",
+            unit="ROTATION",
+            options=opts,
+        ),
+        "image_feather": FloatProperty(
+            name="Feather",
+            description="Width of the blend inside the image's border",
+            default=math.radians(4.0),
+            **_number_range("image_feather", live_update, soft_max=math.radians(15.0)),
+            subtype="ANGLE",
+            unit="ROTATION",
+            options=opts,
+        ),
+        "image_strength": FloatProperty(
+            name="Hold",
+            description=(
+                "Fraction of the denoising steps the image is held (1: to the end, so it comes "
+                "out as it is; lower lets its border blend more)"
+            ),
+            default=1.0,
+            **_number_range("image_strength", live_update),
+            subtype="FACTOR",
+            options=opts,
         ),
         "hdr": BoolProperty(
             name="HDR Lighting",

@@ -34,6 +34,9 @@ hdr        HDR worlds (fake_hdr_worker.py: the project's ground truth as "genera
            and cancel leave World and lamp as they were; Cycles renders of a sphere's
            shadow under the lifted World + lamp, the ground truth and the 8-bit World;
            Lift to HDR on the World's current image with the real engine.
+extend     Extend Image (fake_plate_worker.py: the World a known image implies): Match
+           Camera for a level, a tilted and a rolled camera, with a Cycles render through
+           each; what Match Camera refuses; an image data-block without a file.
 arguments  a script's values: out of range, NUL characters, contradicting size and
            width; refused by name before any worker starts (recording_worker.py sees
            the jobs that get through), never clamped or cut.
@@ -69,7 +72,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--scenario",
         required=True,
-        choices=["register", "generate", "installer", "video", "arguments", "files", "hdr"],
+        choices=[
+            "register",
+            "generate",
+            "installer",
+            "video",
+            "arguments",
+            "files",
+            "hdr",
+            "extend",
+        ],
     )
     p.add_argument("--zip", required=True)
     p.add_argument("--out", required=True)
@@ -276,6 +288,11 @@ class UIRecorder:
             rna = None
         self._log.append(("operator", idname))
         return OperatorProps(rna, idname, self._problems)
+
+    def prop_search(self, data, prop, search_data, search_prop, **kwargs):
+        self.prop(data, prop)
+        if search_prop not in search_data.bl_rna.properties:
+            self._problems.append(f"prop_search over {search_prop} does not exist")
 
     def label(self, text="", **kwargs):
         self._log.append(("label", text))
@@ -1374,6 +1391,123 @@ def scenario_hdr(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+# --------------------------------------------------------------------------- extend image
+EXTEND_RES = 64
+EXTEND_CAMERAS = {  # name -> (yaw, tilt up, roll) in degrees
+    "level": (30.0, 0.0, 0.0),
+    "tilted": (-60.0, 30.0, 0.0),
+    "rolled": (150.0, 0.0, 10.0),
+}
+
+
+def aim_camera(cam, yaw_deg: float, tilt_deg: float, roll_deg: float) -> None:
+    """A camera looking at azimuth yaw, tilted up, then rolled about its own axis."""
+    base = mathutils.Euler(
+        (math.radians(90.0 + tilt_deg), 0.0, math.radians(yaw_deg - 90.0)), "XYZ"
+    ).to_matrix()
+    cam.matrix_world = (base @ mathutils.Matrix.Rotation(math.radians(roll_deg), 3, "Z")).to_4x4()
+
+
+def render_camera(scene, work: Path, tag: str) -> list:
+    sys.path.insert(0, str(HERE))
+    import render_hdr_ground_truth as gt
+
+    return gt.render_to_array(scene, str(work / f"extend_{tag}.exr")).astype(float).tolist()
+
+
+def scenario_extend(args, out: dict) -> None:
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    cm = sys.modules[SUB + ".camera_match"]
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    real_python = os.environ["SPHEREDIFF_PYTHON"]
+    fake = work / "fake-plate-python"
+    worker = HERE / "fake_plate_worker.py"
+    fake.write_text(f'#!/bin/sh\nexec "{real_python}" "{worker}" "$@"\n', encoding="utf-8")
+    fake.chmod(0o755)
+    os.environ["SPHEREDIFF_PYTHON"] = str(fake)
+    plate = os.environ["EXTEND_PLATE"]
+
+    set_cycles(scene, samples=8)
+    scene.render.resolution_x = scene.render.resolution_y = EXTEND_RES
+    scene.cycles.filter_width = 0.01
+    data = bpy.data.cameras.new("Plate Camera")
+    data.lens = 35.0
+    cam = bpy.data.objects.new("Plate Camera", data)
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    s = scene.spherediff
+    s.prompt = "the rest of the harbour"
+    s.random_seed = False
+    s.hdr = False
+    s.extend_image = True
+    s.image_path = plate
+    out["defaults"] = {"match_camera": s.match_camera, "strength": s.image_strength}
+
+    # 1. Match Camera for a level, a tilted and a rolled camera: render through it.
+    cases = {}
+    for i, (name, (yaw, tilt, roll)) in enumerate(EXTEND_CAMERAS.items()):
+        aim_camera(cam, yaw, tilt, roll)
+        bpy.context.view_layer.update()
+        placement, problem = cm.camera_placement(scene)
+        res = call_generate(seed=i + 1)
+        env = sys.modules[SUB + ".world"].find_node(scene.world.node_tree, "environment")
+        sidecar = Path(bpy.path.abspath(env.image.filepath)).with_suffix(".json")
+        job = json.loads(sidecar.read_text(encoding="utf-8"))["options"]
+        res.update(
+            placement=placement,
+            problem=problem,
+            job={k: v for k, v in job.items() if k.startswith("image")},
+            render=render_camera(scene, work, name),
+            readout=cm.current_camera_text(scene),
+        )
+        cases[name] = res
+    out["cases"] = cases
+    out["panels"] = draw_panels(bpy.context)
+
+    # 2. What Match Camera refuses, by name; the World untouched.
+    refusals = {}
+    before = world_snapshot(scene)
+    data.shift_x = 0.1
+    refusals["shift"] = call_generate(seed=9)
+    data.shift_x = 0.0
+    data.type = "ORTHO"
+    refusals["ortho"] = call_generate(seed=9)
+    data.type = "PERSP"
+    scene.camera = None
+    refusals["no_camera"] = call_generate(seed=9)
+    scene.camera = cam
+    s.image_path = ""
+    refusals["no_image"] = call_generate(seed=9)
+    s.image_path = str(work / "missing.png")
+    refusals["missing_file"] = call_generate(seed=9)
+    s.image_path = plate
+    refusals["video"] = call_generate(seed=9, video=True, model_preset="LTX")
+    out["refusals"] = refusals
+    out["refused_unchanged"] = world_snapshot(scene) == before
+    out["refused_staging"] = staging_leftovers()
+
+    # 3. An image data-block without a file (saved as seen into the staging folder), and
+    #    a manual placement.
+    import numpy as np
+
+    made = bpy.data.images.new("Painted Plate", 32, 24, alpha=False)
+    made.pixels.foreach_set(np.tile([0.8, 0.3, 0.1, 1.0], 32 * 24).astype(np.float32))
+    s.image_name = made.name
+    s.match_camera = False
+    out["datablock"] = call_generate(
+        seed=11, image_yaw=math.radians(90.0), image_fov=math.radians(40.0)
+    )
+    env = sys.modules[SUB + ".world"].find_node(scene.world.node_tree, "environment")
+    sidecar = Path(bpy.path.abspath(env.image.filepath)).with_suffix(".json")
+    job = json.loads(sidecar.read_text(encoding="utf-8"))["options"]
+    out["datablock_job"] = {k: v for k, v in job.items() if k.startswith("image")}
+    out["end"] = {"staging": staging_leftovers(), "children": child_processes()}
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
 def main() -> int:
     args = parse_args()
     out: dict = {"blender_version": bpy.app.version_string, "scenario": args.scenario}
@@ -1387,6 +1521,7 @@ def main() -> int:
             "arguments": scenario_arguments,
             "files": scenario_files,
             "hdr": scenario_hdr,
+            "extend": scenario_extend,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

@@ -311,3 +311,70 @@ def _correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     x, y = a[:, mask].double(), b[:, mask].double()
     x, y = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
     return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-12))
+
+
+# --------------------------------------------------------------------------- command line
+def _cli_args(model, out, *extra: str) -> list[str]:
+    return [
+        "generate", "--prompt", "a harbour at dusk", "--model", str(model), "--width", "256",
+        "--steps", "2", "--seed", "3", "--offline", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_cli_generates_around_a_known_image(engine_env, tiny_sd15, tmp_path):
+    import json
+
+    from tests.support.engine_process import run_cli
+
+    plate = _plate(tmp_path / "plate.png")
+    out = tmp_path / "out" / "pano.png"
+    extra = ("--image", plate, "--image-yaw-deg", "180", "--image-pitch-deg", "20")
+    proc = run_cli(_cli_args(tiny_sd15, out, *extra, "--image-fov-deg", "50"), engine_env)
+    assert proc.returncode == 0, proc.stderr
+    sidecar = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    opts = sidecar["options"]
+    assert opts["image"] == plate and opts["image_yaw_deg"] == 180.0
+    assert opts["image_fov_deg"] == 50.0 and opts["image_strength"] == 1.0
+    assert "encode_image" in sidecar["timings"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (("--image-fov-deg", "0.5"), "image_fov_deg: 0.5 is out of range; use 1 to 170"),
+        (("--image-fov-deg", "171"), "image_fov_deg: 171 is out of range"),
+        (("--image-pitch-deg", "95"), "image_pitch_deg: 95 is out of range; use -90 to 90"),
+        (("--image-feather-deg", "-1"), "image_feather_deg: -1 is out of range"),
+        (("--image-strength", "0"), "image_strength: 0 is out of range"),
+        (("--image", "MISSING"), "does not exist"),
+        (("--image", "TEXT"), "is not a PNG, JPEG"),
+        (("--image", "STRIP"), "no more than 4:1"),
+        (("--image", "PLATE", "--image-fov-deg", "150"), "vertical field of view"),
+        (("--image", "PLATE", "--video"), "image models only"),
+    ],
+    ids=["fov-tiny", "fov-wide", "pitch", "feather", "strength", "missing", "not-an-image",
+         "extreme-aspect", "vertical-fov", "video"],
+)  # fmt: skip
+def test_cli_refuses_bad_placements_and_images(engine_env, tiny_sd15, tmp_path, extra, needle):
+    import numpy as np
+    from PIL import Image
+
+    from tests.support.engine_process import run_cli
+
+    files = {
+        "MISSING": str(tmp_path / "no-such.png"),
+        "TEXT": str(tmp_path / "notes.png"),
+        "STRIP": str(tmp_path / "strip.png"),
+        "PLATE": str(tmp_path / "tall.png"),
+    }
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.fromarray(np.zeros((20, 400, 3), np.uint8)).save(files["STRIP"])
+    Image.fromarray(np.zeros((400, 100, 3), np.uint8)).save(files["PLATE"])  # 1:4 portrait
+    extra = tuple(files.get(a, a) for a in extra)
+    if "--image" not in extra:
+        extra = ("--image", _plate(tmp_path / "plate.png"), *extra)
+    out = tmp_path / "out" / "pano.png"
+    proc = run_cli(_cli_args(tiny_sd15, out, *extra), engine_env)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr, proc.stderr
+    assert proc.stdout == "" and not out.parent.exists()
