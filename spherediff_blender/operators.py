@@ -524,7 +524,7 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
         }
         sun = result.get("sun") if exr is not None and isinstance(result.get("sun"), dict) else None
         shown = dest_exr if exr is not None else dest
-        world.set_from_file(
+        loaded = world.set_from_file(
             scene,
             shown,
             rotation_z=gen.values["rotation_z"],
@@ -535,7 +535,7 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
         lamp = world.apply_sun(
             scene,
             sun,
-            height_px=int(result.get("height") or 0),
+            height_px=int(loaded.size[1]),  # the mask's margin is in this image's pixels
             rotation_z=gen.values["rotation_z"],
             sun_strength=gen.values["sun_strength"],
             lamp=bool(gen.values["sun_lamp"]),
@@ -943,7 +943,7 @@ class SPHEREDIFF_OT_lift_to_hdr(Operator):
                     settings, f"could not save the HDR image in {str(folder)!r}: {exc}"
                 )
             sun = (doc.get("hdr") or {}).get("sun")
-            world.set_from_file(
+            loaded = world.set_from_file(
                 scene,
                 dest,
                 rotation_z=settings.rotation_z,
@@ -954,7 +954,7 @@ class SPHEREDIFF_OT_lift_to_hdr(Operator):
             lamp = world.apply_sun(
                 scene,
                 sun if isinstance(sun, dict) else None,
-                height_px=int(doc.get("height") or 0),
+                height_px=int(loaded.size[1]),
                 rotation_z=settings.rotation_z,
                 sun_strength=settings.sun_strength,
                 lamp=self.sun_lamp,

@@ -280,7 +280,9 @@ def set_sun_mask(tree, sun: dict | None, height_px: int) -> bool:
         return False
     direction = sun["direction"]
     dot.inputs[1].default_value = [float(c) for c in direction]
-    half_deg = float(sun["angle_deg"]) / 2.0 + MASK_MARGIN_PX * 180.0 / max(1, height_px)
+    # (An image of unknown size gets a 2-degree margin, the margin of a 135-pixel-high one.)
+    px_deg = 180.0 / height_px if height_px > 0 else 2.0 / MASK_MARGIN_PX
+    half_deg = float(sun["angle_deg"]) / 2.0 + MASK_MARGIN_PX * px_deg
     cone.inputs[1].default_value = math.cos(math.radians(half_deg))
     fill = sun.get("surround") or (0.0, 0.0, 0.0)
     _socket(mask.inputs, "B_Color").default_value = (*[float(c) for c in fill], 1.0)

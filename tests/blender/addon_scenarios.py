@@ -1504,6 +1504,14 @@ def scenario_extend(args, out: dict) -> None:
     sidecar = Path(bpy.path.abspath(env.image.filepath)).with_suffix(".json")
     job = json.loads(sidecar.read_text(encoding="utf-8"))["options"]
     out["datablock_job"] = {k: v for k, v in job.items() if k.startswith("image")}
+
+    # 4. The Render Result as the plate (rendered just now, saved as displayed).
+    bpy.ops.render.render()
+    s.image_name = "Render Result"
+    out["render_result"] = call_generate(seed=12, image_fov=math.radians(50.0))
+    env = sys.modules[SUB + ".world"].find_node(scene.world.node_tree, "environment")
+    sidecar = Path(bpy.path.abspath(env.image.filepath)).with_suffix(".json")
+    out["render_result_job"] = json.loads(sidecar.read_text(encoding="utf-8"))["options"]
     out["end"] = {"staging": staging_leftovers(), "children": child_processes()}
     bpy.ops.preferences.addon_disable(module=PKG)
 

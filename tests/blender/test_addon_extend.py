@@ -10,8 +10,8 @@ image where ``spherediff_core.known`` places it, mid-grey elsewhere). The tests 
 * the job's placement is the camera's (yaw, pitch, roll, FOV) and the panel reads it out;
 * Match Camera's refusals (lens shift, orthographic, no camera), no image chosen, a
   missing file and an animated world are refused by name with the World untouched;
-* an image data-block without a file (painted in Blender) is saved as seen and used, with
-  a manual placement.
+* an image data-block without a file (painted in Blender) and the Render Result are saved
+  as seen and used, with a manual placement.
 """
 
 from __future__ import annotations
@@ -127,7 +127,11 @@ def test_an_image_datablock_without_a_file_is_saved_and_used(scenario):
     assert res["result"] == ["FINISHED"], res
     job = scenario["datablock_job"]
     assert job["image"].endswith("known.png")  # saved into the (now removed) staging folder
-    assert job["image_yaw_deg"] == pytest.approx(90.0) and job["image_fov_deg"] == pytest.approx(
-        40.0
-    )
+    assert job["image_yaw_deg"] == pytest.approx(90.0)
+    assert job["image_fov_deg"] == pytest.approx(40.0)
+    # The Render Result too (a render of the scene just made, saved as it is displayed).
+    res = scenario["render_result"]
+    assert res["result"] == ["FINISHED"], res
+    assert scenario["render_result_job"]["image"].endswith("known.png")
+    assert scenario["render_result_job"]["image_fov_deg"] == pytest.approx(50.0)
     assert scenario["end"] == {"staging": [], "children": []}
