@@ -378,3 +378,24 @@ def test_cli_refuses_bad_placements_and_images(engine_env, tiny_sd15, tmp_path, 
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr, proc.stderr
     assert proc.stdout == "" and not out.parent.exists()
+
+
+def test_worker_takes_the_image_options_and_refuses_bad_ones(engine_env, tiny_sd15, tmp_path):
+    from tests.support.engine_process import run_worker
+
+    plate = _plate(tmp_path / "plate.png")
+    base = {
+        "prompt": "the rest of the harbour", "model": str(tiny_sd15), "width": 256, "steps": 2,
+        "seed": 1, "offline": True, "image": plate, "image_yaw_deg": -90.0,
+    }  # fmt: skip
+    out = tmp_path / "bad" / "pano.png"
+    job = {"protocol": 1, "options": {**base, "image_roll_deg": 400.0, "output": str(out)}}
+    code, events, _proc = run_worker([], engine_env, tmp_path, job=job, timeout=60)
+    assert code == 2 and events[-1]["code"] == "bad_input"
+    assert events[-1]["message"].startswith("image_roll_deg: 400 is out of range")
+    assert not out.parent.exists()
+    out = tmp_path / "good" / "pano.png"
+    job = {"protocol": 1, "options": {**base, "output": str(out)}}
+    code, events, proc = run_worker([], engine_env, tmp_path, job=job, timeout=120)
+    assert code == 0, proc.stderr()
+    assert events[-1]["event"] == "result" and out.is_file()
