@@ -1241,25 +1241,19 @@ def truth_world(scene, hdr, name: str):
     img = bpy.data.images.new(name, w, h, alpha=False, float_buffer=True)
     rgba = np.concatenate([hdr[::-1], np.ones((h, w, 1), np.float32)], axis=-1)
     img.pixels.foreach_set(rgba.astype(np.float32).ravel())
-    world = bpy.data.worlds.new(name)
-    if bpy.app.version < (5, 0, 0) or world.node_tree is None:
-        world.use_nodes = True
-    nt = world.node_tree
-    nt.nodes.clear()
-    env = nt.nodes.new("ShaderNodeTexEnvironment")
-    env.image, env.interpolation = img, "Linear"
-    bg = nt.nodes.new("ShaderNodeBackground")
-    out = nt.nodes.new("ShaderNodeOutputWorld")
-    nt.links.new(env.outputs["Color"], bg.inputs["Color"])
-    nt.links.new(bg.outputs["Background"], out.inputs["Surface"])
-    return world
+    return image_world(img, name)
 
 
 def ldr_world(png: str):
     """A World of the 8-bit panorama as it was loaded before HDR (sRGB, strength 1)."""
     img = bpy.data.images.load(png, check_existing=False)
     img.colorspace_settings.name = "sRGB"
-    world = bpy.data.worlds.new("LDR")
+    return image_world(img, "LDR")
+
+
+def image_world(img, name: str):
+    """A new World showing ``img`` as it is: Environment Texture -> Background (1)."""
+    world = bpy.data.worlds.new(name)
     if bpy.app.version < (5, 0, 0) or world.node_tree is None:
         world.use_nodes = True
     nt = world.node_tree

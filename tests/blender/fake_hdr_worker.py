@@ -21,17 +21,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "core")]
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+# (Run with PYTHONSAFEPATH by the add-on: this folder is not on sys.path by itself.)
+sys.path[:0] = [str(HERE), str(REPO_ROOT), str(REPO_ROOT / "core")]
 
-
-def emit(event: str, **fields) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
+from fake_video_worker import denoise_until_cancelled, emit  # noqa: E402 - after the path
 
 
 def main() -> int:
@@ -55,21 +53,7 @@ def main() -> int:
         emit("error", code="internal", message=message, traceback="")
         return 1
     if mode == "slow":
-        cancelled = threading.Event()
-
-        def watch() -> None:
-            for line in sys.stdin:
-                if line.strip() == "cancel":
-                    cancelled.set()
-                    return
-
-        threading.Thread(target=watch, daemon=True).start()
-        for step in range(1, 100_000):
-            if cancelled.wait(0.02):
-                emit("error", code="cancelled", message="cancelled", traceback="")
-                return 130
-            emit("progress", phase="denoise", step=step, total=100_000, eta_s=None, message="")
-        return 1
+        return denoise_until_cancelled()
 
     t0 = time.monotonic()
     names = os.environ["FAKE_HDR_SCENES"].split(",")

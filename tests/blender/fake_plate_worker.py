@@ -18,14 +18,14 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "core")]
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+# (Run with PYTHONSAFEPATH by the add-on: this folder is not on sys.path by itself.)
+sys.path[:0] = [str(HERE), str(REPO_ROOT), str(REPO_ROOT / "core")]
+
+from fake_video_worker import emit  # noqa: E402 - after the path
+
 WIDTH = 1024
-
-
-def emit(event: str, **fields) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
 
 
 def main() -> int:

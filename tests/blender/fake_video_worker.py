@@ -103,6 +103,25 @@ def sidecar_doc(options: dict, image: str, video: dict | None = None) -> dict:
     return doc
 
 
+def denoise_until_cancelled() -> int:
+    """Denoise progress until ``cancel`` arrives on standard input; then ``cancelled``."""
+    cancelled = threading.Event()
+
+    def watch() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                cancelled.set()
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+    for step in range(1, 100_000):
+        if cancelled.wait(0.02):
+            emit("error", code="cancelled", message="cancelled", traceback="")
+            return 130
+        emit("progress", phase="denoise", step=step, total=100_000, eta_s=None, message="")
+    return 1
+
+
 def lift_file_size_limit() -> None:
     try:
         import resource
@@ -154,21 +173,7 @@ def main() -> int:
         emit("error", code="internal", message="the fake worker failed on purpose", traceback="")
         return 1
     if mode == "slow":
-        cancelled = threading.Event()
-
-        def watch() -> None:
-            for line in sys.stdin:
-                if line.strip() == "cancel":
-                    cancelled.set()
-                    return
-
-        threading.Thread(target=watch, daemon=True).start()
-        for step in range(1, 100_000):
-            if cancelled.wait(0.02):
-                emit("error", code="cancelled", message="cancelled", traceback="")
-                return 130
-            emit("progress", phase="denoise", step=step, total=100_000, eta_s=None, message="")
-        return 1
+        return denoise_until_cancelled()
 
     for step in range(1, 3):
         emit("progress", phase="denoise", step=step, total=2, eta_s=None, message="")
