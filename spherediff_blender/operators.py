@@ -137,6 +137,12 @@ IMPLIED_SWITCHES = (
     ("fps", "auto_fps", False),
     ("custom_model", "model_preset", "CUSTOM"),
     ("width", "size", "CUSTOM"),
+    ("image_path", "extend_image", True),
+    ("image_name", "extend_image", True),
+    ("image_yaw", "match_camera", False),
+    ("image_pitch", "match_camera", False),
+    ("image_roll", "match_camera", False),
+    ("image_fov", "match_camera", False),
 )
 
 

@@ -1506,6 +1506,17 @@ def scenario_extend(args, out: dict) -> None:
     env = sys.modules[SUB + ".world"].find_node(scene.world.node_tree, "environment")
     sidecar = Path(bpy.path.abspath(env.image.filepath)).with_suffix(".json")
     out["render_result_job"] = json.loads(sidecar.read_text(encoding="utf-8"))["options"]
+
+    # 5. A script's values mean it: an image turns Extend Image on, a placement Match
+    #    Camera off; a placement with match_camera=True contradicts it.
+    s.extend_image, s.match_camera, s.image_name = False, True, ""
+    out["implied"] = call_generate(
+        seed=13, image_path=plate, image_yaw=math.radians(45.0), image_fov=math.radians(30.0)
+    )
+    env = sys.modules[SUB + ".world"].find_node(scene.world.node_tree, "environment")
+    sidecar = Path(bpy.path.abspath(env.image.filepath)).with_suffix(".json")
+    out["implied_job"] = json.loads(sidecar.read_text(encoding="utf-8"))["options"]
+    out["contradiction"] = call_generate(seed=14, image_yaw=0.5, match_camera=True)
     out["end"] = {"staging": staging_leftovers(), "children": child_processes()}
     bpy.ops.preferences.addon_disable(module=PKG)
 

@@ -135,3 +135,16 @@ def test_an_image_datablock_without_a_file_is_saved_and_used(scenario):
     assert scenario["render_result_job"]["image"].endswith("known.png")
     assert scenario["render_result_job"]["image_fov_deg"] == pytest.approx(50.0)
     assert scenario["end"] == {"staging": [], "children": []}
+
+
+def test_a_scripts_image_and_placement_imply_their_switches(scenario):
+    res = scenario["implied"]
+    assert res["result"] == ["FINISHED"], res
+    job = scenario["implied_job"]
+    assert job["image"].endswith("plate.png")
+    assert job["image_yaw_deg"] == pytest.approx(45.0) and job["image_fov_deg"] == pytest.approx(
+        30.0
+    )
+    bad = scenario["contradiction"]
+    assert bad["result"] is None
+    assert "match_camera=True and image_yaw=0.5 contradict each other" in bad["error"], bad
