@@ -5,7 +5,7 @@ The ground truth (tests/blender/render_hdr_ground_truth.py, Cycles in the first 
 (Blender's physical sky + a Sun lamp, sun elevation 2-70 deg, several azimuths), an
 overcast sky, an interior lit by area lights, and a night scene. They are rendered once and
 cached (``$SPHEREDIFF_HDR_TRUTH_DIR``, else ``$SPHEREDIFF_CACHE_DIR/hdr-truth``, else
-``~/.cache/spherediff/hdr-truth``); the first run takes about 10 minutes on 2 cores.
+``~/.cache/spherediff/hdr-truth``); the first run takes about 90 seconds on 2 cores.
 Each is turned into the 8-bit panorama a generator shows (tests/support/hdr_truth.py) and
 lifted.
 """
