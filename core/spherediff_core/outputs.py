@@ -38,6 +38,7 @@ from typing import Any
 
 from . import placing
 from .errors import OutputError
+from .spherical import inject_spherical_metadata
 
 __all__ = [
     "FRAME_NAME",
@@ -485,6 +486,8 @@ def write_video_outputs(
         "frame_pattern": FRAME_PATTERN,
         "first_frame_number": 1,
         "mp4": mp4_path.name if exe is not None else None,
+        # The MP4's projection metadata (spherediff_core.spherical).
+        "mp4_spherical": ["v1-xmp", "v2-sv3d"] if exe is not None else None,
     }
 
     if frames_dir.exists() and not frames_dir.is_dir():
@@ -513,6 +516,14 @@ def write_video_outputs(
             if encoder is not None:
                 enc, encoder = encoder, None
                 enc.close()
+                # 360° video metadata (Spherical Video V1 XMP + V2 st3d/sv3d): players show
+                # the clip as a sphere, not a 2:1 strip.
+                assert tmp_mp4 is not None
+                tagged = _temp_name(folder, mp4_path)
+                temps.append(tagged)
+                inject_spherical_metadata(tmp_mp4, tagged)
+                placing.replace(tagged, tmp_mp4)
+                temps.remove(tagged)
         finally:
             if encoder is not None:
                 encoder.abort()

@@ -28,6 +28,7 @@ from spherediff_core.denoise import DenoiserInput
 from spherediff_core.errors import EXIT_CANCELLED, CancelledError, OutputError
 from spherediff_core.options import GenerationOptions, OptionsError
 from spherediff_core.pipeline import GenerationResult, SphereDiffPipeline, check_video_request
+from spherediff_core.spherical import read_spherical_metadata
 
 from tests.core.panoramas import row_variation, seam_ratio
 from tests.support.engine_process import WorkerProcess, run_cli, run_worker
@@ -442,12 +443,15 @@ def test_video_outputs_are_a_numbered_sequence_an_mp4_and_a_sidecar(tmp_path):
         "frame_pattern": "frame_%04d.png",
         "first_frame_number": 1,
         "mp4": "clip.mp4",
+        "mp4_spherical": ["v1-xmp", "v2-sv3d"],
     }
-    # The MP4 preview: H.264, every frame, the frame rate, the ERP size.
+    # The MP4 preview: H.264, every frame, the frame rate, the ERP size, and 360° video.
     reader = imageio_ffmpeg.read_frames(str(out / "clip.mp4"))
     meta = next(reader)
     assert meta["codec"] == "h264" and meta["size"] == (32, 16) and meta["fps"] == 12
     assert sum(1 for _ in reader) == 5
+    info = read_spherical_metadata(out / "clip.mp4")
+    assert info.v1 and info.v2
 
 
 def _stop_after(k: int):
