@@ -173,6 +173,8 @@ def sphere_denoise(
     view_dirs = plan.view_dirs.to(device=device, dtype=torch.float32)
     rays = plan.rays.to(device=device)
     covered = plan.covered.to(device)
+    if known is not None:
+        known = known.to(device)
 
     # 3. Batches of views
     order = torch.arange(plan.n_views)

@@ -159,6 +159,14 @@ class KnownRegion:
     weight: torch.Tensor
     enforce_steps: int
 
+    def to(self, device: torch.device | str) -> KnownRegion:
+        """The region with float32 tensors on ``device`` (once, before the loop)."""
+        return KnownRegion(
+            self.latents.to(device=device, dtype=torch.float32),
+            self.weight.to(device=device, dtype=torch.float32),
+            self.enforce_steps,
+        )
+
     def blend(
         self, latents: torch.Tensor, scheduler: Any, next_index: int, noise: torch.Tensor
     ) -> torch.Tensor:

@@ -612,10 +612,11 @@ def render_views(scene, work: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- video
-def make_fake_python(work: Path, python: str) -> str:
-    """An executable that runs fake_video_worker.py whatever arguments it gets."""
-    path = work / "fake-python"
-    worker = HERE / "fake_video_worker.py"
+def make_fake_python(work: Path, python: str, worker: str = "fake_video_worker.py") -> str:
+    """An executable that runs ``worker`` (a script of this folder) whatever arguments it
+    gets."""
+    path = work / f"{Path(worker).stem}-python"
+    worker = HERE / worker
     path.write_text(f'#!/bin/sh\nexec "{python}" "{worker}" "$@"\n', encoding="utf-8")
     path.chmod(0o755)
     return str(path)
@@ -1300,12 +1301,7 @@ def scenario_hdr(args, out: dict) -> None:
     scene = bpy.context.scene
     bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
     real_python = os.environ["SPHEREDIFF_PYTHON"]
-    fake = work / "fake-hdr-python"
-    fake.write_text(
-        f'#!/bin/sh\nexec "{real_python}" "{HERE / "fake_hdr_worker.py"}" "$@"\n', encoding="utf-8"
-    )
-    fake.chmod(0o755)
-    os.environ["SPHEREDIFF_PYTHON"] = str(fake)
+    os.environ["SPHEREDIFF_PYTHON"] = make_fake_python(work, real_python, "fake_hdr_worker.py")
     s = scene.spherediff
     s.prompt = "a clear afternoon over the fields"
     s.random_seed = False
@@ -1417,11 +1413,7 @@ def scenario_extend(args, out: dict) -> None:
     scene = bpy.context.scene
     bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
     real_python = os.environ["SPHEREDIFF_PYTHON"]
-    fake = work / "fake-plate-python"
-    worker = HERE / "fake_plate_worker.py"
-    fake.write_text(f'#!/bin/sh\nexec "{real_python}" "{worker}" "$@"\n', encoding="utf-8")
-    fake.chmod(0o755)
-    os.environ["SPHEREDIFF_PYTHON"] = str(fake)
+    os.environ["SPHEREDIFF_PYTHON"] = make_fake_python(work, real_python, "fake_plate_worker.py")
     plate = os.environ["EXTEND_PLATE"]
 
     set_cycles(scene, samples=8)
