@@ -270,6 +270,10 @@ def build_options(values: dict, prefs, output: str) -> dict:
                 "video": True,
                 "frames": int(values["frames"]),
                 "fps": None if values["auto_fps"] else int(values["fps"]),
+                # Loop: the engine makes a seamless loop (frames - 1 frames, the last
+                # leading into the first) and the sequence plays cyclic. Sent only when
+                # on: a plain clip's job stays what an engine before loops understands.
+                **({"loop": True} if values["loop"] else {}),
             }
             if values.get("video")
             else {}

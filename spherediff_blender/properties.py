@@ -402,7 +402,14 @@ def generation_problem(values, model_id: str) -> str:
     problem = kind_problem(video, info)
     if problem or not video:
         return problem
-    return frames_problem(int(get("frames")), info)
+    frames = int(get("frames"))
+    problem = frames_problem(frames, info)
+    if problem or not get("loop") or frames > info.compression:
+        return problem
+    return (
+        f"{frames} frames is too few for a loop with {info.name}: a loop needs at least "
+        f"{info.compression + 1}; use {2 * info.compression + 1}"
+    )
 
 
 def _update_world(self, context):
@@ -596,7 +603,11 @@ def generation_properties(live_update: bool) -> dict:
         ),
         "loop": BoolProperty(
             name="Loop",
-            description=("Play the frames over and over (off: the last frame holds after the end)"),
+            description=(
+                "Make the animated world a seamless loop and play it over and over: the last "
+                "frame leads into the first (Frames counts the closing frame, so one fewer "
+                "is made). Off: a plain clip whose last frame holds after the end"
+            ),
             default=True,
             options=opts,
             **update,

@@ -249,6 +249,12 @@ cli_case(
     ("hdr", "video"),
     raw=lambda sb: [*cli_args(sb), "--hdr", "--video"],
 )
+cli_case(
+    "cli-loop-still",
+    "--loop without --video (a still has no time)",
+    ("loop", "video"),
+    raw=lambda sb: [*cli_args(sb), "--loop"],
+)
 cli_case("cli-no-prompt", "no --prompt", ("--prompt",), drop=("prompt",))
 cli_case(
     "cli-video-jpg",
@@ -488,6 +494,17 @@ def _(sb):
 worker_case("job-not-json", "a job line that is not JSON", ("JSON",), job=lambda sb: "{nope")
 worker_case("job-hdr-not-bool", '"hdr": "yes"', ("hdr", "true or false"), hdr="yes")
 worker_case("job-hdr-video", '"hdr": true with "video": true', ("hdr", "LDR"), hdr=True, video=True)
+worker_case(
+    "job-loop-one-frame",
+    '"loop": true with "frames": 1 for LTX-Video (a loop needs a latent frame)',
+    ("frames", "loop", "9"),
+    job=lambda sb: json.dumps(
+        {
+            "protocol": 1,
+            "options": job_options(sb, model=model("ltx"), video=True, frames=1, loop=True),
+        }
+    ),
+)
 worker_case("job-array", "a JSON array instead of an object", ("object",), job=lambda sb: "[1]")
 worker_case(
     "job-deeply-nested",
@@ -1031,7 +1048,15 @@ def _(sb):
         ),
     }
     run = Events(sb, WORKER, json.dumps(job))
-    run.wait_for(lambda line: '"phase": "write"' in line and '"step": 2' in line, timeout=300)
+    # Frames are written as each chunk is blended (during the decode phase): kill once the
+    # temporary frames folder holds two of them.
+    deadline = time.monotonic() + 300
+    while not sb.out.is_dir() or not any(
+        p.is_dir() and p.name.startswith(".") and len(list(p.glob("*.png"))) >= 2
+        for p in sb.out.iterdir()
+    ):
+        assert time.monotonic() < deadline and run.proc.poll() is None, "no frames written"
+        time.sleep(0.02)
     run.proc.kill()
     run.finish()
     stale = sorted(p.name for p in sb.out.iterdir() if p.name.startswith("."))

@@ -160,6 +160,14 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
         {"type": int, "help": "video frame rate (default: the model's, 24 LTX-Video, 16 Wan)"},
     ),
     (
+        "loop",
+        ("--loop",),
+        {
+            "help": "a seamless loop (video): --frames counts the frame that closes it, so "
+            "one frame fewer is written and the last leads into the first"
+        },
+    ),
+    (
         "hdr",
         ("--hdr",),
         {

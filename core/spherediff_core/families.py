@@ -112,6 +112,9 @@ def check_steps(options: GenerationOptions, family: Any) -> None:
 def check_video_request(options: GenerationOptions, family: Any) -> tuple[int, int, int] | None:
     """(frames, fps, latent frames) of a video request, None for a still; or OptionsError.
 
+    A loop (``options.loop``) has one latent frame fewer: its latents are cyclic and the
+    frame that would close it (frame 1 again) is not made.
+
     A video model makes videos only and an image model stills only: ``video`` must match
     (OptionsError on ``video`` otherwise). A frame count the model's VAE cannot make is
     refused on ``frames`` with the nearest valid counts. ``family`` is a FamilyFacts (a
@@ -144,4 +147,14 @@ def check_video_request(options: GenerationOptions, family: Any) -> tuple[int, i
             f"{frames} is not valid for {name} ({frames_rule(compression)}); "
             f"use {' or '.join(str(n) for n in near)}",
         )
+    if getattr(options, "loop", False):
+        # A loop of k latent frames, cyclic: frames = k * compression + 1 counts the frame
+        # that closes it (frame 1 again), so k >= 1.
+        if frames < compression + 1:
+            raise OptionsError(
+                "frames",
+                f"{frames} is too few for a loop with {name}; a loop needs at least "
+                f"{compression + 1} (one latent frame), e.g. {2 * compression + 1}",
+            )
+        return frames, int(fps or 24), (frames - 1) // compression
     return frames, int(fps or 24), (frames - 1) // compression + 1

@@ -71,7 +71,10 @@ class GenerationOptions:
     compression: 8k+1 for LTX-Video, 4k+1 for Wan); the pipeline refuses others, naming the
     nearest valid counts. ``output`` then names the outputs by its stem (it may end in .png
     or .mp4): ``<stem>_frames/frame_0001.png``..., ``<stem>.mp4`` and ``<stem>.json``.
-    ``frames`` and ``fps`` are ignored for stills.
+    ``frames`` and ``fps`` are ignored for stills. ``loop`` (video only) makes the clip
+    a seamless loop: ``frames`` counts the frame that closes it (frame ``frames`` would be
+    frame 1 again), so ``frames - 1`` frames are written and the last is followed by the
+    first as smoothly as any two neighbours (see docs/engine.md, 360° video).
 
     Known image (``image``, a PNG/JPEG/WebP file; image models only): the panorama is
     generated around it, the image placed where a camera at azimuth ``image_yaw_deg`` and
@@ -114,6 +117,7 @@ class GenerationOptions:
     video: bool = False
     frames: int | None = None
     fps: int | None = None
+    loop: bool = False
     true_cfg_scale: float | None = None
     hdr: bool = False
     image: str | None = None
@@ -206,9 +210,13 @@ class GenerationOptions:
             _check_int("frames", self.frames, 1, MAX_FRAMES)
         if self.fps is not None:
             _check_int("fps", self.fps, 1, MAX_FPS)
-        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline", "video", "hdr"):
+        for name in ("cpu_offload", "vae_tiling", "vae_slicing", "offline", "video", "hdr", "loop"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(name, f"{getattr(self, name)!r} must be true or false")
+        if self.loop and not self.video:
+            raise OptionsError(
+                "loop", "true, but a still has no time to loop; turn loop off, or video on"
+            )
         if self.hdr and self.video:
             raise OptionsError(
                 "hdr",

@@ -46,6 +46,7 @@ __all__ = [
     "METADATA_VERSION",
     "OutputPaths",
     "VideoOutputPaths",
+    "VideoWriter",
     "build_metadata",
     "image_to_uint8",
     "sidecar_path_for",
@@ -396,7 +397,10 @@ class _Mp4Encoder:
 
     def close(self) -> None:
         assert self._proc.stdin is not None
-        self._proc.stdin.close()
+        # ffmpeg that died already makes closing its pipe fail: its exit code and messages
+        # below say why, not the broken pipe.
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()
         code = self._proc.wait()
         messages = self._messages()
         self._log.close()
@@ -432,6 +436,209 @@ def ffmpeg_exe() -> str | None:
         return None
 
 
+class VideoWriter:
+    """Writes a video's frame sequence, MP4 preview and sidecar as the frames come.
+
+    Used as the pipeline's ``frame_sink``, it writes each chunk of frames as soon as it is
+    made, so a clip is never held whole in memory::
+
+        with VideoWriter(options.output, on_frame=..., should_cancel=...) as writer:
+            result = pipe(options, frame_sink=writer)
+            paths = writer.finish(result)
+
+    Atomic: the frames go into a temporary folder, the MP4 and the sidecar to temporary
+    files, all in the output folder, and ``finish`` renames them into place; leaving the
+    block without ``finish`` (a failure, a cancel) removes them, and a sequence of the same
+    name written earlier stays as it was. Without ffmpeg (``imageio-ffmpeg`` not installed)
+    or with ``mp4=False`` no MP4 is made (and a stale one is removed at ``finish``).
+
+    Every frame PNG carries the parameters (as :func:`write_outputs`) and its frame number;
+    the sidecar adds ``video``: frames, fps, loop, the frames folder, the first frame, the
+    file-name pattern and the MP4. ``on_frame(i, n)`` is called after each frame
+    (1-based); ``should_cancel()`` is polled before each one and True raises
+    CancelledError.
+    """
+
+    def __init__(
+        self,
+        output: str | os.PathLike[str],
+        *,
+        versions: dict[str, str | None] | None = None,
+        on_frame: Any = None,
+        should_cancel: Any = None,
+        mp4: bool = True,
+    ) -> None:
+        self.output = output
+        self.versions = versions
+        self.on_frame = on_frame
+        self.should_cancel = should_cancel
+        self.frames_dir, self.mp4_path, self.sidecar = video_paths_for(output)
+        self.folder = self.frames_dir.parent
+        self._image_path = self.mp4_path.with_suffix(".png")  # for the checks only
+        self._exe = ffmpeg_exe() if mp4 else None
+        if mp4 and self._exe is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "no MP4 preview: ffmpeg is not available (install the imageio-ffmpeg package)"
+            )
+        self._temps: list[Path] = []
+        self._tmp_dir: Path | None = None
+        self._tmp_mp4: Path | None = None
+        self._encoder: _Mp4Encoder | None = None
+        self._png_doc: dict[str, Any] | None = None
+        self._written = 0
+        self._size: tuple[int, int] | None = None
+        self._fps = 0
+        self._done = False
+
+    # --- the block ---------------------------------------------------------------------
+    def __enter__(self) -> VideoWriter:
+        if self.frames_dir.exists() and not self.frames_dir.is_dir():
+            raise OutputError(
+                f"output: {str(self.frames_dir)!r} exists and is not a folder; move it"
+            )
+        _check_target(self._image_path, self.sidecar)
+        # The folder is made with the first frame: a run that fails before leaves none.
+        if self.folder.is_dir():
+            with self._os_errors():
+                placing.remove_stale_temporaries(self.folder)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if not self._done:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove everything written so far."""
+        if self._encoder is not None:
+            self._encoder.abort()
+            self._encoder = None
+        for tmp in self._temps:
+            placing.remove(tmp)
+        self._temps.clear()
+        self._done = True
+
+    @contextlib.contextmanager
+    def _os_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            where = os.fspath(exc.filename) if exc.filename else self.folder
+            raise OutputError(
+                f"output: cannot write {str(where)!r} ({exc.strerror or exc}); choose a folder "
+                "you can write to, with enough free space (earlier outputs were kept)"
+            ) from exc
+
+    # --- frames ------------------------------------------------------------------------
+    def __call__(self, chunk: Any) -> None:
+        """The pipeline's ``frame_sink``: write a FrameChunk."""
+        self.write(chunk.frames, start=chunk.start, total=chunk.total, result=chunk.result)
+
+    def write(self, frames: Any, *, start: int, total: int, result: Any) -> None:
+        """Write frames (f, 3, H, W) in [0, 1], the clip's ``start`` .. ``start + f - 1``
+        of ``total``, in order. ``result`` gives the parameters the PNGs carry."""
+        from .errors import CancelledError
+
+        if self._done:
+            raise RuntimeError("this VideoWriter has finished; use a new one")
+        if start != self._written:
+            raise ValueError(f"frames must come in order: got {start}, expected {self._written}")
+        with self._os_errors():
+            if self._png_doc is None:
+                self._open(frames, total, result)
+            assert self._png_doc is not None and self._tmp_dir is not None
+            for i in range(int(frames.shape[0])):
+                if self.should_cancel is not None and self.should_cancel():
+                    raise CancelledError("cancelled while writing the frames")
+                n = self._written + 1
+                array = image_to_uint8(frames[i])
+                video = {**self._png_doc["video"], "frame": n}
+                _save_png(
+                    array,
+                    self._tmp_dir / FRAME_NAME.format(n),
+                    _dumps({**self._png_doc, "video": video}, None),
+                )
+                if self._encoder is not None:
+                    self._encoder.send(array)
+                self._written = n
+                if self.on_frame is not None:
+                    self.on_frame(n, total)
+
+    def _open(self, frames: Any, total: int, result: Any) -> None:
+        png_doc, _ = build_metadata(result, versions=self.versions, output=self.output)
+        self._fps = int(result.fps)
+        png_doc["video"] = {"frames": int(total), "fps": self._fps}
+        if result.options.loop:
+            png_doc["video"]["loop"] = True
+        height, width = int(frames.shape[-2]), int(frames.shape[-1])
+        self._size = (width, height)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir = _temp_dir(self.folder, self.frames_dir)
+        self._temps.append(self._tmp_dir)
+        if self._exe is not None:
+            self._tmp_mp4 = _temp_name(self.folder, self.mp4_path)
+            self._temps.append(self._tmp_mp4)
+            self._encoder = _Mp4Encoder(self._exe, self._tmp_mp4, width, height, self._fps)
+        self._png_doc = png_doc
+
+    # --- the end -----------------------------------------------------------------------
+    def finish(self, result: Any, *, timings: dict[str, float] | None = None) -> VideoOutputPaths:
+        """Close the MP4, write the sidecar and rename everything into place."""
+        if self._done:
+            raise RuntimeError("this VideoWriter has finished; use a new one")
+        n_frames = int(result.n_frames)
+        if self._written != n_frames or self._tmp_dir is None:
+            raise ValueError(f"{self._written} frames were written of the {n_frames} made")
+        frames_dir, mp4_path, sidecar = self.frames_dir, self.mp4_path, self.sidecar
+        first_frame = frames_dir / FRAME_NAME.format(1)
+        _, sidecar_doc = build_metadata(
+            result, versions=self.versions, timings=timings, output=placing.output_path(self.output)
+        )
+        sidecar_doc["image"] = f"{frames_dir.name}/{first_frame.name}"
+        sidecar_doc["video"] = {
+            "frames": n_frames,
+            "fps": self._fps,
+            "loop": bool(result.options.loop),
+            "frames_folder": frames_dir.name,
+            "first_frame": f"{frames_dir.name}/{first_frame.name}",
+            "frame_pattern": FRAME_PATTERN,
+            "first_frame_number": 1,
+            "mp4": mp4_path.name if self._exe is not None else None,
+            # The MP4's projection metadata (spherediff_core.spherical).
+            "mp4_spherical": ["v1-xmp", "v2-sv3d"] if self._exe is not None else None,
+        }
+        with self._os_errors():
+            if self._encoder is not None:
+                self._encoder.close()  # on failure abort() (leaving the block) reaps it
+                self._encoder = None
+                # 360° video metadata (Spherical Video V1 XMP + V2 st3d/sv3d): players show
+                # the clip as a sphere, not a 2:1 strip.
+                assert self._tmp_mp4 is not None
+                tagged = _temp_name(self.folder, mp4_path)
+                self._temps.append(tagged)
+                inject_spherical_metadata(self._tmp_mp4, tagged)
+                placing.replace(tagged, self._tmp_mp4)
+                self._temps.remove(tagged)
+            tmp_sidecar = _temp_name(self.folder, sidecar)
+            self._temps.append(tmp_sidecar)
+            _save_text(_dumps(sidecar_doc, 2) + "\n", tmp_sidecar)
+            # Without an MP4 the earlier one goes too: never a stale preview of another
+            # sequence.
+            moves = [(self._tmp_dir, frames_dir), (self._tmp_mp4, mp4_path), (tmp_sidecar, sidecar)]
+            _put_in_place(self._image_path, sidecar, moves)
+        self._temps.clear()
+        self._done = True
+        return VideoOutputPaths(
+            frames_dir=frames_dir,
+            first_frame=first_frame,
+            frame_count=n_frames,
+            fps=self._fps,
+            mp4=mp4_path if self._exe is not None else None,
+            sidecar=sidecar,
+        )
+
+
 def write_video_outputs(
     result: Any,
     output: str | os.PathLike[str],
@@ -442,102 +649,16 @@ def write_video_outputs(
     should_cancel: Any = None,
     mp4: bool = True,
 ) -> VideoOutputPaths:
-    """Write a video result as a frame sequence, an MP4 preview and the sidecar.
+    """Write a video result whose frames are in memory (``result.frames``): the frame
+    sequence, the MP4 preview and the sidecar, atomically (see :class:`VideoWriter`).
 
-    ``output`` names them by its stem (see :func:`video_paths_for`). ``on_frame(i, n)`` is
-    called after each frame (1-based); ``should_cancel()`` is polled before each one and
-    True raises CancelledError. Atomic: the frames go into a temporary folder, the MP4 and
-    the sidecar to temporary files, all in the output folder, and are renamed into place
-    at the end; on any failure (or a cancel) nothing is left behind, and a sequence of the
-    same name written earlier stays as it was. Without ffmpeg (``imageio-ffmpeg`` not
-    installed) or with ``mp4=False`` no MP4 is made (and a stale one is removed).
-
-    Every frame PNG carries the parameters (as :func:`write_outputs`) and its frame number;
-    the sidecar adds ``video``: frames, fps, the frames folder, the first frame, the
-    file-name pattern and the MP4.
+    ``output`` names them by its stem (see :func:`video_paths_for`).
     """
-    from .errors import CancelledError
-
     frames = result.frames
     if frames is None:
-        raise ValueError("not a video result (frames is None); use write_outputs")
-    n_frames, _c, height, width = (int(v) for v in frames.shape)
-    fps = int(result.fps)
-    frames_dir, mp4_path, sidecar = video_paths_for(output)
-    folder = frames_dir.parent
-    first_frame = frames_dir / FRAME_NAME.format(1)
-    png_doc, sidecar_doc = build_metadata(
-        result, versions=versions, timings=timings, output=placing.output_path(output)
-    )
-    png_doc["video"] = {"frames": n_frames, "fps": fps}
-    exe = ffmpeg_exe() if mp4 else None
-    if mp4 and exe is None:
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "no MP4 preview: ffmpeg is not available (install the imageio-ffmpeg package)"
-        )
-    sidecar_doc["image"] = f"{frames_dir.name}/{first_frame.name}"
-    sidecar_doc["video"] = {
-        "frames": n_frames,
-        "fps": fps,
-        "frames_folder": frames_dir.name,
-        "first_frame": f"{frames_dir.name}/{first_frame.name}",
-        "frame_pattern": FRAME_PATTERN,
-        "first_frame_number": 1,
-        "mp4": mp4_path.name if exe is not None else None,
-        # The MP4's projection metadata (spherediff_core.spherical).
-        "mp4_spherical": ["v1-xmp", "v2-sv3d"] if exe is not None else None,
-    }
-
-    if frames_dir.exists() and not frames_dir.is_dir():
-        raise OutputError(f"output: {str(frames_dir)!r} exists and is not a folder; move it")
-    image_path = mp4_path.with_suffix(".png")  # only for the checks (its folder, its stem)
-    with _writing(image_path, sidecar) as temps:
-        tmp_dir = _temp_dir(folder, frames_dir)
-        temps.append(tmp_dir)
-        encoder: _Mp4Encoder | None = None
-        tmp_mp4: Path | None = None
-        if exe is not None:
-            tmp_mp4 = _temp_name(folder, mp4_path)
-            temps.append(tmp_mp4)
-            encoder = _Mp4Encoder(exe, tmp_mp4, width, height, fps)
-        try:
-            for i in range(n_frames):
-                if should_cancel is not None and should_cancel():
-                    raise CancelledError("cancelled while writing the frames")
-                array = image_to_uint8(frames[i])
-                text = _dumps({**png_doc, "video": {**png_doc["video"], "frame": i + 1}}, None)
-                _save_png(array, tmp_dir / FRAME_NAME.format(i + 1), text)
-                if encoder is not None:
-                    encoder.send(array)
-                if on_frame is not None:
-                    on_frame(i + 1, n_frames)
-            if encoder is not None:
-                enc, encoder = encoder, None
-                enc.close()
-                # 360° video metadata (Spherical Video V1 XMP + V2 st3d/sv3d): players show
-                # the clip as a sphere, not a 2:1 strip.
-                assert tmp_mp4 is not None
-                tagged = _temp_name(folder, mp4_path)
-                temps.append(tagged)
-                inject_spherical_metadata(tmp_mp4, tagged)
-                placing.replace(tagged, tmp_mp4)
-                temps.remove(tagged)
-        finally:
-            if encoder is not None:
-                encoder.abort()
-        tmp_sidecar = _temp_name(folder, sidecar)
-        temps.append(tmp_sidecar)
-        _save_text(_dumps(sidecar_doc, 2) + "\n", tmp_sidecar)
-        # Without an MP4 the earlier one goes too: never a stale preview of another sequence.
-        moves = [(tmp_dir, frames_dir), (tmp_mp4, mp4_path), (tmp_sidecar, sidecar)]
-        _put_in_place(image_path, sidecar, moves)
-    return VideoOutputPaths(
-        frames_dir=frames_dir,
-        first_frame=first_frame,
-        frame_count=n_frames,
-        fps=fps,
-        mp4=mp4_path if exe is not None else None,
-        sidecar=sidecar,
-    )
+        raise ValueError("not a video result held in memory (frames is None)")
+    with VideoWriter(
+        output, versions=versions, on_frame=on_frame, should_cancel=should_cancel, mp4=mp4
+    ) as writer:
+        writer.write(frames, start=0, total=int(frames.shape[0]), result=result)
+        return writer.finish(result, timings=timings)

@@ -7,9 +7,13 @@ engine and returns a :class:`GenerationResult` holding the ERP image, or for a v
 (``options.video``) one ERP image per frame.
 
 Stills and video share every step; video only adds a time axis: sphere latents
-(1, C, F_lat, N), view grids (n, C, F_lat, h, w) through the video denoiser, each view
-decoded by the video VAE to (n, 3, frames, H, W) and blended into the ERP canvas for all
-frames at once (the view's projection is computed once per view).
+(1, C, F_lat, N), view grids (n, C, F_lat, h, w) through the video denoiser, and a clip
+decoded, blended and handed on a chunk of latent frames at a time (:func:`plan_frame_chunks`):
+each view's latents for the chunk (with a little leading context) go through the video VAE
+to (n, 3, frames, H, W) and are blended into an ERP canvas that holds only the chunk's
+frames, on the generation's device. Peak memory follows the chunk, not the clip. A loop
+(``options.loop``) denoises a time-cyclic latent (:func:`loop_shift`) and decodes it with
+wrapped context, so the last frame leads into the first.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from .plan import PlanConfig, SamplingPlan, load_or_build_plan
 from .progress import Progress
 
 __all__ = [
+    "DecodeChunk",
+    "FrameChunk",
     "GenerationResult",
     "Progress",
     "Request",
@@ -63,7 +69,9 @@ __all__ = [
     "SphereDiffPipeline",
     "check_grid_limit",
     "check_video_request",
+    "loop_shift",
     "plan_config_for",
+    "plan_frame_chunks",
     "resolve_device",
     "resolve_request",
     "resolve_size",
@@ -74,6 +82,16 @@ __all__ = [
 DECODE_BUDGET_VALUES = 2**27
 """Decoded values (3 x frames x H x W per view) a video decode batch may hold: 512 MiB in
 float32. Video views are decoded fewer at a time than ``view_batch_size`` above it."""
+CANVAS_BUDGET_VALUES = 2**27
+"""ERP values (3 x frames x H x W) one chunk of a video's canvas may hold: 512 MiB in
+float32 (about 21 frames at 2K, 5 at 4K). A chunk has at least MIN_CHUNK_LATENTS latent
+frames (one latent frame of LTX-Video is 8 frames: 0.8 GiB at 4K). Small chunks keep a long
+clip's peak memory that of a short one; each costs its decoding context (see
+plan_frame_chunks)."""
+MIN_CHUNK_LATENTS = 1
+LOOP_SHIFT_STRIDE = 0.6180339887498949
+"""Golden-ratio stride of the loop's per-step time shift: the offsets spread evenly over
+the clip whatever the number of steps."""
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +109,10 @@ class GenerationResult:
         timings: seconds per phase (plan, encode, denoise, decode, erp, total) and the time
             spent inside the denoiser and the VAE alone (denoiser, vae).
         model: family, pipeline class, dtype, device, source and revision.
-        frames: video only: (F, 3, H, W) float32 ERP frames in [0, 1]; None for a still.
+        frames: video only: (F, 3, H, W) float32 ERP frames in [0, 1]; None for a still,
+            and None for a video whose frames went to a ``frame_sink`` chunk by chunk.
         fps: video only: the frame rate; None for a still.
+        frame_count: the frames made (1 for a still; for a loop, one fewer than asked).
         view_px: the decoded side of one view, in pixels.
         warnings: notes for the user about this generation (e.g. views far below the
             model's native size), each a sentence.
@@ -109,15 +129,102 @@ class GenerationResult:
     fps: int | None = None
     view_px: int = 0
     warnings: list[str] = field(default_factory=list)
+    frame_count: int = 1
 
     @property
     def is_video(self) -> bool:
-        return self.frames is not None
+        return self.fps is not None
 
     @property
     def n_frames(self) -> int:
         """Frames made: 1 for a still."""
-        return 1 if self.frames is None else int(self.frames.shape[0])
+        return int(self.frames.shape[0]) if self.frames is not None else self.frame_count
+
+
+@dataclass(frozen=True)
+class FrameChunk:
+    """Consecutive ERP frames of a video, handed to a ``frame_sink`` as they are made.
+
+    Attributes:
+        start: the 0-based index of the first frame in the clip.
+        frames: (f, 3, H, W) float32 ERP frames in [0, 1], on the CPU.
+        total: the clip's frame count.
+        result: the generation so far: options, model, sphere and views (``frames`` None,
+            ``image`` the clip's first frame, ``timings`` still growing).
+    """
+
+    start: int
+    frames: torch.Tensor
+    total: int
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class DecodeChunk:
+    """One chunk of a video's latent frames to decode (see :func:`plan_frame_chunks`).
+
+    ``latent_ids`` are the sphere's latent frames decoded, context included; of the
+    decoded ``(len(latent_ids) - 1) * compression + 1`` frames, ``n_frames`` from
+    ``offset`` on are the clip's frames ``start .. start + n_frames - 1``.
+    """
+
+    latent_ids: tuple[int, ...]
+    start: int
+    n_frames: int
+    offset: int = 0
+
+
+def plan_frame_chunks(
+    latent_frames: int,
+    compression: int,
+    latents_per_chunk: int,
+    *,
+    loop: bool = False,
+    context: tuple[int, int] = (2, 1),
+) -> list[DecodeChunk]:
+    """Split a clip's latent frames into chunks decoded one after the other.
+
+    A video VAE decodes latent frame 0 to one frame and every later one to
+    ``compression`` frames. A chunk is decoded with up to ``context = (before, after)``
+    latent frames around it (the VAE's temporal reach: a causal decoder needs none
+    after), whose frames are dropped; the clip's first chunk has none before, its last
+    none after. A loop's latents are cyclic: every chunk gets its full context, wrapping
+    around the clip, so the clip has ``latent_frames * compression`` frames and the seam
+    from the last to the first is decoded like any other boundary.
+    """
+    before, after = context
+    if latent_frames < 1 or compression < 1 or latents_per_chunk < 1 or before < 1 or after < 0:
+        raise ValueError(
+            f"need positive sizes, got {latent_frames} latent frames, compression "
+            f"{compression}, {latents_per_chunk} per chunk, context {context}"
+        )
+    m, c = latent_frames, compression
+    chunks = []
+    for a in range(0, m, latents_per_chunk):
+        b = min(m, a + latents_per_chunk)
+        if loop:
+            ids = [i % m for i in range(a - before, b + after)]
+            chunks.append(DecodeChunk(tuple(ids), a * c, (b - a) * c, (before - 1) * c + 1))
+            continue
+        p, q = min(before, a), min(after, m - b)
+        ids = list(range(a - p, b + q))
+        if a == 0:
+            chunks.append(DecodeChunk(tuple(ids), 0, (b - 1) * c + 1, 0))
+        else:
+            chunks.append(DecodeChunk(tuple(ids), (a - 1) * c + 1, (b - a) * c, (p - 1) * c + 1))
+    return chunks
+
+
+def loop_shift(step_index: int, latent_frames: int) -> int:
+    """The time shift (latent frames) of a loop's denoiser input at a step.
+
+    The denoiser sees the cyclic latents rolled by this many frames (and its output is
+    rolled back), so over the steps every boundary between latent frames, the wrap from
+    the last to the first included, lies inside the model's window and is denoised as
+    motion between neighbours. Golden-ratio offsets cover the clip evenly; step 0 is
+    already shifted, since the first steps lay out the motion.
+    """
+    return int(((step_index + 1) * LOOP_SHIFT_STRIDE) % 1.0 * latent_frames)
 
 
 @dataclass(frozen=True)
@@ -126,7 +233,8 @@ class Request:
 
     ``frames`` and ``latent_frames`` are 1 and ``fps`` None for a still. ``cfg_scale`` is
     the classifier-free guidance scale the loop applies (1.0 when ``do_cfg`` is False; for
-    most families the guidance, for FLUX its true CFG scale).
+    most families the guidance, for FLUX its true CFG scale). A ``loop`` makes
+    ``out_frames`` = ``frames`` - 1 frames from ``latent_frames`` cyclic latent frames.
     """
 
     steps: int
@@ -137,6 +245,12 @@ class Request:
     fps: int | None = None
     latent_frames: int = 1
     cfg_scale: float = 1.0
+    loop: bool = False
+
+    @property
+    def out_frames(self) -> int:
+        """The frames made: ``frames``, less the closing one of a loop."""
+        return self.frames - 1 if self.loop else self.frames
 
 
 def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Request:
@@ -155,7 +269,9 @@ def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Reques
     if video is None:
         return Request(steps, guidance, do_cfg, video=False, cfg_scale=cfg_scale)
     frames, fps, latent_frames = video
-    return Request(steps, guidance, do_cfg, True, frames, fps, latent_frames, cfg_scale)
+    return Request(
+        steps, guidance, do_cfg, True, frames, fps, latent_frames, cfg_scale, options.loop
+    )
 
 
 def resolve_size(
@@ -442,7 +558,11 @@ class SphereDiffPipeline:
         options: GenerationOptions,
         callback: Callable[[Progress], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        frame_sink: Callable[[FrameChunk], None] | None = None,
     ) -> GenerationResult:
+        """Generate. A video's frames come back in ``result.frames``, or, with
+        ``frame_sink``, are handed to it chunk by chunk (:class:`FrameChunk`) and not kept,
+        so memory holds one chunk of the clip (how :mod:`.runner` writes a video)."""
         adapter = self.adapter
         timings: dict[str, float] = {"denoiser": 0.0, "vae": 0.0, "erp": 0.0}
         t_start = time.perf_counter()
@@ -489,15 +609,16 @@ class SphereDiffPipeline:
                 run, scheduler, latents, conditioning, negative, step_kwargs, known, noise
             )
 
-        # 8. Decode every view with the VAE, blending it into the ERP canvas as it comes
+        # 8. Decode every view with the VAE, blending it into the ERP canvas as it comes;
+        #    a video a chunk of frames at a time, each handed on when it is complete
+        result = self._result(run)
         with _timed(timings, "decode"):
-            canvas = self._decode_to_erp(run, latents, generator)
+            self._decode_to_erp(run, latents, generator, result, frame_sink)
         timings["decode"] -= timings["erp"]
 
         # 9. The ERP image, or one ERP image per frame
-        erp = canvas.result().clamp_(0, 1)
         timings["total"] = time.perf_counter() - t_start
-        return self._result(run, erp)
+        return result
 
     # --- the steps of __call__ ------------------------------------------------------------
     def _encode_prompts(
@@ -569,7 +690,14 @@ class SphereDiffPipeline:
 
         def denoiser(inp):
             t = time.perf_counter()
+            # A loop: the model sees the cyclic latents rolled in time (its window then
+            # holds the wrap), and its output is rolled back onto the sphere's frames.
+            shift = loop_shift(inp.step_index, request.latent_frames) if request.loop else 0
+            if shift:
+                inp = dataclasses.replace(inp, latents=torch.roll(inp.latents, shift, dims=2))
             out = adapter.denoise(inp, request.guidance, **extra)
+            if shift:
+                out = torch.roll(out, -shift, dims=2)
             _sync(adapter.device)
             timings["denoiser"] += time.perf_counter() - t
             return out
@@ -622,32 +750,90 @@ class SphereDiffPipeline:
         except torch.OutOfMemoryError as exc:
             raise _oom(options, request) from exc
 
-    def _decode_batch_size(
-        self, plan: SamplingPlan, request: Request, options: GenerationOptions
-    ) -> int:
-        """Views per VAE call: the view batch size, fewer for long videos (each decoded view
-        holds 3 x frames x H x W values; a batch stays under DECODE_BUDGET_VALUES)."""
-        batch = max(1, options.view_batch_size)
-        if not request.video:
-            return batch
+    def _decode_batch_size(self, plan: SamplingPlan, frames: int, batch: int) -> int:
+        """Views per VAE call: ``batch``, fewer for long videos (each decoded view holds
+        3 x frames x H x W values; a batch stays under DECODE_BUDGET_VALUES)."""
         h, w = plan.grid_size
         s = self.adapter.vae_scale_factor
-        per_view = 3 * request.frames * h * s * w * s
+        per_view = 3 * frames * h * s * w * s
         return max(1, min(batch, DECODE_BUDGET_VALUES // per_view))
 
+    def _decode_chunks(self, run: _Run) -> list[DecodeChunk | None]:
+        """The chunks of latent frames decoded one after the other ([None]: a still)."""
+        request, options = run.request, run.options
+        if not request.video:
+            return [None]
+        c = int(self.adapter.temporal_compression)
+        per_frame = 3 * options.height * options.resolved_width
+        per_chunk = max(MIN_CHUNK_LATENTS, CANVAS_BUDGET_VALUES // per_frame // c)
+        return plan_frame_chunks(
+            request.latent_frames,
+            c,
+            per_chunk,
+            loop=request.loop,
+            context=self.adapter.decode_context_latents,
+        )
+
     def _decode_to_erp(
-        self, run: _Run, latents: torch.Tensor, generator: torch.Generator
-    ) -> ErpCanvas:
-        """Decode the views batch by batch into an ERP canvas of 3 (x frames) channels.
+        self,
+        run: _Run,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+        result: GenerationResult,
+        frame_sink: Callable[[FrameChunk], None] | None,
+    ) -> None:
+        """Decode the views into ERP canvases on the generation's device: one for a
+        still, one per chunk of frames for a video; fill ``result`` (or the sink).
 
         Decoded views are blended at once and dropped, so memory holds one batch of
-        decoded views and the canvas. Out of device memory, the VAE's tiling and slicing
+        decoded views and one canvas. Out of device memory, the VAE's tiling and slicing
         are turned on and the batch is decoded again one view at a time.
         """
+        request = run.request
+        # A timestep-conditioned VAE decodes slightly re-noised latents: the noise is drawn
+        # on the sphere, so the views agree where they overlap.
+        noise = None
+        if self.adapter.decode_needs_noise:
+            noise = self._noise(run.plan, request, generator).to(latents.device, latents.dtype)
+        chunks = self._decode_chunks(run)
+        if chunks[0] is not None and frame_sink is None:  # the clip, filled chunk by chunk
+            height, width = run.options.height, run.options.resolved_width
+            result.frames = torch.empty(request.out_frames, 3, height, width)
+        for k, chunk in enumerate(chunks):
+            erp = self._decode_chunk(run, latents, noise, chunk, k, len(chunks))
+            if chunk is None:
+                result.image = erp
+                return
+            frames = erp.reshape(chunk.n_frames, 3, *erp.shape[-2:])
+            if result.frames is not None:
+                result.frames[chunk.start : chunk.start + chunk.n_frames] = frames
+                result.image = result.frames[0]
+                continue
+            if chunk.start == 0:
+                result.image = frames[0].clone()
+            assert frame_sink is not None
+            frame_sink(FrameChunk(chunk.start, frames, request.out_frames, result))
+
+    def _decode_chunk(
+        self,
+        run: _Run,
+        latents: torch.Tensor,
+        noise: torch.Tensor | None,
+        chunk: DecodeChunk | None,
+        k: int,
+        n_chunks: int,
+    ) -> torch.Tensor:
+        """One canvas: (3, H, W), or (f * 3, H, W) for a chunk of f frames, on the CPU."""
         adapter, plan, request, options = self.adapter, run.plan, run.request, run.options
         timings, callback, should_cancel = run.timings, run.callback, run.should_cancel
         n_views = plan.n_views
-        frames = request.frames
+        frames, decoded = 1, 1
+        if chunk is not None:
+            ids_t = torch.tensor(chunk.latent_ids, device=latents.device)
+            latents = latents.index_select(2, ids_t)
+            noise = None if noise is None else noise.index_select(2, ids_t)
+            frames = chunk.n_frames
+            decoded = (len(chunk.latent_ids) - 1) * adapter.temporal_compression + 1
         canvas = ErpCanvas(
             plan.frames,
             plan.fov_deg,
@@ -655,13 +841,11 @@ class SphereDiffPipeline:
             options.resolved_width,
             3 * frames,
             options.temperature,
+            device=adapter.device,
         )
-        # A timestep-conditioned VAE decodes slightly re-noised latents: the noise is drawn
-        # on the sphere, so the views agree where they overlap.
-        noise = None
-        if adapter.decode_needs_noise:
-            noise = self._noise(plan, request, generator).to(latents.device, latents.dtype)
-        batch = self._decode_batch_size(plan, request, options)
+        batch = max(1, options.view_batch_size)
+        if chunk is not None:
+            batch = self._decode_batch_size(plan, decoded, batch)
         done, start = 0, time.perf_counter()
         while done < n_views:
             if should_cancel is not None and should_cancel():
@@ -690,27 +874,42 @@ class SphereDiffPipeline:
                     torch.cuda.empty_cache()
                 continue
             timings["vae"] += time.perf_counter() - t
-            images = images.cpu()
-            if request.video:
-                images = _frames_as_channels(images, frames)
+            if chunk is not None:
+                if images.dim() != 5 or images.shape[2] != decoded:
+                    raise RuntimeError(
+                        f"the VAE decoded {tuple(images.shape)}; expected (n, 3, {decoded}, H, W)"
+                    )
+                images = images[:, :, chunk.offset : chunk.offset + frames]  # a view, no copy
             t = time.perf_counter()
-            # One view at a time: blending a big view into a big canvas takes seconds.
+            # One view at a time: blending a big view into a big canvas takes seconds (and
+            # a video view's frames become channels one view at a time).
             for i in range(len(ids)):
                 if should_cancel is not None and should_cancel():
                     raise CancelledError("generation cancelled")
-                canvas.add(images[i : i + 1], ids[i : i + 1])
+                image = images[i : i + 1]
+                if chunk is not None:
+                    image = _frames_as_channels(image, frames)
+                canvas.add(image, ids[i : i + 1])
+            del images
+            _sync(adapter.device)
             timings["erp"] += time.perf_counter() - t
             done += len(ids)
             if callback is not None:
                 elapsed = time.perf_counter() - start
-                eta = elapsed * (n_views - done) / done
+                eta = elapsed * ((n_chunks - k) * n_views - done) / done
                 what = f"views {done}/{n_views}"
-                if request.video:
-                    what += f", {frames} frames each"
-                callback(Progress("decode", done, n_views, eta, what))
-        return canvas
+                if chunk is not None:
+                    last = chunk.start + frames
+                    what += f", frames {chunk.start + 1}-{last} of {request.out_frames}"
+                callback(Progress("decode", k * n_views + done, n_chunks * n_views, eta, what))
+        t = time.perf_counter()
+        erp = canvas.result().clamp_(0, 1).cpu()
+        timings["erp"] += time.perf_counter() - t
+        return erp
 
-    def _result(self, run: _Run, erp: torch.Tensor) -> GenerationResult:
+    def _result(self, run: _Run) -> GenerationResult:
+        """The result before decoding: options used, model, sphere and views (the image
+        and frames are filled in as they are decoded)."""
         adapter, options, request, plan = self.adapter, run.options, run.request, run.plan
         used = GenerationOptions(
             **{
@@ -722,22 +921,18 @@ class SphereDiffPipeline:
             }
         )
         model = adapter.describe() | {"source": self.source, "revision": self.revision}
-        image, frames = erp, None
-        if request.video:
-            frames = erp.reshape(request.frames, 3, *erp.shape[-2:])
-            image = frames[0]
         return GenerationResult(
-            image,
+            torch.zeros(3, options.height, options.resolved_width),
             used,
             plan.n_points,
             plan.grid_size,
             plan.n_views,
             run.timings,
             model,
-            frames=frames,
             fps=request.fps,
             view_px=plan.grid_size[1] * adapter.vae_scale_factor,
             warnings=list(run.warnings),
+            frame_count=request.out_frames if request.video else 1,
         )
 
 

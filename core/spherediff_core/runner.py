@@ -576,14 +576,16 @@ def generate(
     report(ProgressEvent("load", 1, 1, None, "model loaded"))
     token.check()
 
+    # A video: denoise, then decode and write a chunk of frames at a time
+    if pipe.adapter.is_video:
+        return _generate_video(pipe, options, load_s, t_start, report, token)
+
     # Denoise and decode (the pipeline reports those phases itself)
     result = pipe(options, callback=report, should_cancel=token)
     token.check()
 
     # Write
     timings = {"load": load_s, **result.timings}
-    if result.is_video:
-        return _write_video(result, options, timings, t_start, report, token)
     from .outputs import write_outputs
 
     lifted = None
@@ -616,35 +618,32 @@ def generate(
     )
 
 
-def _write_video(
-    result: Any,
+def _generate_video(
+    pipe: Any,
     options: GenerationOptions,
-    timings: dict[str, float],
+    load_s: float,
     t_start: float,
     report: Callable[[ProgressEvent], None],
     token: CancelToken,
 ) -> Outcome:
-    """The frame sequence, the MP4 and the sidecar; phase ``write`` counts the frames
-    (steps 1..F) and the placing of the files (step F + 1)."""
-    from .outputs import write_video_outputs
+    """Generate a video straight to disk: the pipeline hands each chunk of ERP frames to
+    a VideoWriter as it is blended, so the clip is never held whole. Progress keeps the
+    phases in order: ``decode`` counts the views of every chunk (its frames are written
+    as the chunk completes), then ``write`` reports all F frames written (step F) and the
+    files put in place (step F + 1). A cancel or failure leaves none of its files."""
+    from .outputs import VideoWriter
 
-    n = result.n_frames
-    total = n + 1
-    report(ProgressEvent("write", 0, total, None, f"writing {n} frames and the MP4"))
-    start = time.perf_counter()
-
-    def on_frame(i: int, count: int) -> None:
-        elapsed = time.perf_counter() - start
-        eta = elapsed * (count - i) / i
-        report(ProgressEvent("write", i, total, eta, f"frame {i}/{count}"))
-
-    with _output_errors(options.output):
-        paths = write_video_outputs(
-            result, options.output, timings=timings, on_frame=on_frame, should_cancel=token
-        )
+    # The writer turns its own OSErrors into OutputErrors naming the path.
+    with VideoWriter(options.output, should_cancel=token) as writer:
+        result = pipe(options, callback=report, should_cancel=token, frame_sink=writer)
+        token.check()
+        n = result.n_frames
+        report(ProgressEvent("write", n, n + 1, None, f"wrote {n} frames; placing them"))
+        timings = {"load": load_s, **result.timings}
+        paths = writer.finish(result, timings=timings)
     seconds = time.perf_counter() - t_start
     done = f"wrote {paths.frames_dir.name} ({n} frames)"
-    report(ProgressEvent("write", total, total, None, done))
+    report(ProgressEvent("write", n + 1, n + 1, None, done))
     return Outcome(
         image=paths.first_frame,
         sidecar=paths.sidecar,

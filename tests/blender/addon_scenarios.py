@@ -839,6 +839,7 @@ def scenario_video(args, out: dict) -> None:
     video = {"video": True, "model_preset": "WAN", "frames": 5, "seed": 9, "match_scene": True}
     failure("pack_refused", pack_image=True, **video)
     failure("bad_frames", **{**video, "model_preset": "LTX", "frames": 50})
+    failure("loop_too_few", **{**video, "model_preset": "LTX", "frames": 1, "loop": True})
     failure("image_model", **{**video, "model_preset": "SDXL"})
     failure("video_model_for_still", video=False, model_preset="LTX")
     failure("worker_error", mode="fail", **video)
@@ -861,7 +862,7 @@ def scenario_video(args, out: dict) -> None:
             "model_preset": "CUSTOM",
             "custom_model": args.model,
             "width": 128,
-            "frames": 5,
+            "frames": 9,
             "fps": 8,
             "steps": 2,
             "seed": 1,
@@ -870,7 +871,8 @@ def scenario_video(args, out: dict) -> None:
         }
         res = call_generate(**real)
         res["state"] = scene_state(scene, world_mod, work)
-        res["renders"] = render_frames(scene, work, (11, 15), "real", res=8, samples=4)
+        # A loop of 9 frames: 8 are made; scene frame 19 plays the first again.
+        res["renders"] = render_frames(scene, work, (11, 18, 19), "real", res=8, samples=4)
         res["after"] = {"staging": staging_leftovers(), "children": child_processes()}
         out["real"] = res
         out["real_cancel"] = failure(

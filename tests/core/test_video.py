@@ -11,9 +11,9 @@ pipelines' own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -22,12 +22,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from spherediff_core import outputs
+from spherediff_core import outputs, pipeline
 from spherediff_core.adapters import LTXVideoAdapter, SanaAdapter, WanAdapter
 from spherediff_core.denoise import DenoiserInput
 from spherediff_core.errors import EXIT_CANCELLED, CancelledError, OutputError
 from spherediff_core.options import GenerationOptions, OptionsError
-from spherediff_core.pipeline import GenerationResult, SphereDiffPipeline, check_video_request
+from spherediff_core.pipeline import (
+    GenerationResult,
+    SphereDiffPipeline,
+    check_video_request,
+    loop_shift,
+    plan_frame_chunks,
+)
 from spherediff_core.spherical import read_spherical_metadata
 
 from tests.core.panoramas import row_variation, seam_ratio
@@ -154,7 +160,8 @@ def test_same_seed_same_frames_other_seed_other_frames(
     assert phases == sorted(phases, key=["denoise", "decode"].index) and "denoise" in phases
     decode = [e for e in events if e.phase == "decode"]
     assert decode[-1].step == decode[-1].total == again.n_views
-    assert f"{CASES[family]['frames']} frames each" in decode[-1].message
+    n = CASES[family]["frames"]
+    assert f"frames 1-{n} of {n}" in decode[-1].message
 
 
 def test_vae_memory_options_are_honoured_and_out_of_memory_retries_view_by_view(
@@ -438,6 +445,7 @@ def test_video_outputs_are_a_numbered_sequence_an_mp4_and_a_sidecar(tmp_path):
     assert sidecar["video"] == {
         "frames": 5,
         "fps": 12,
+        "loop": False,
         "frames_folder": "clip_frames",
         "first_frame": "clip_frames/frame_0001.png",
         "frame_pattern": "frame_%04d.png",
@@ -651,10 +659,11 @@ def test_command_and_worker_write_the_same_sequence(
     done = run_cli(cli_args(video_models[family], cli_out, family), engine_env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"wrote {n} frames ({width}x{width // 2}, {case['fps']} fps)" in done.stdout
-    # Progress (plain lines, not a terminal) covers the views and every frame written.
-    assert f"(views {89}/89, {n} frames each)" in done.stderr
-    written = re.findall(rf"spherediff: write (\d+)/{n + 1} .*\(frame \1/{n}\)", done.stderr)
-    assert len(written) >= n // 2, done.stderr
+    # Progress (plain lines, not a terminal) covers the views of the chunk of frames (one
+    # here), then the frames written (as each chunk completed) and the files placed.
+    assert f"(views {89}/89, frames 1-{n} of {n})" in done.stderr
+    assert f"spherediff: write {n}/{n + 1} " in done.stderr
+    assert f"spherediff: write {n + 1}/{n + 1} " in done.stderr
     assert sorted(os.listdir(cli_out.parent)) == ["clip.json", "clip.mp4", "clip_frames"]
     frames_dir = cli_out.parent / "clip_frames"
     expected = generate(family).frames
@@ -676,7 +685,7 @@ def test_command_and_worker_write_the_same_sequence(
         (p["phase"] for p in progress), key=["load", "denoise", "decode", "write"].index
     )
     write = [p for p in progress if p["phase"] == "write"]
-    assert write[0]["step"] == 0 and write[-1]["step"] == write[-1]["total"] == n + 1
+    assert [(p["step"], p["total"]) for p in write] == [(n, n + 1), (n + 1, n + 1)]
     result = events[-1]
     wdir = worker_out.parent
     assert result == {
@@ -741,3 +750,184 @@ def test_worker_cancel_mid_run_leaves_no_frames(video_models, engine_env, tmp_pa
     assert "write" not in {e.get("phase") for e in events}
     # Nothing left: no frames folder, no MP4, no sidecar, no temporaries.
     assert not out.parent.exists() or os.listdir(out.parent) == []
+
+
+# --- loops ----------------------------------------------------------------------------------
+
+# Clips of four latent frames; "contrast": whether the tiny model's frames are coherent in
+# time, so that a plain clip's seam stands out. The tiny LTX-Video VAE's frames are not: it
+# unfolds every latent frame into eight frames from separate random channels, so every
+# pair of neighbouring frames differs as much as the first and the last (measured: the
+# plain clip's seam is 0.97x its mean neighbour difference), and only the loop's bound can
+# be shown with it. Wan's causal VAE gives coherent frames.
+LOOP_CASES = {
+    "ltx": {"width": 256, "frames": 33, "fps": 8, "steps": 4, "contrast": False},
+    "wan": {"width": 128, "frames": 17, "fps": 8, "steps": 4, "contrast": True},
+}
+
+
+def temporal_seam(frames: torch.Tensor) -> float:
+    """Mean |last frame - first frame| over the mean |frame i+1 - frame i|; frames (F, 3, H, W)."""
+    neighbours = (frames[1:] - frames[:-1]).abs().mean()
+    return float((frames[-1] - frames[0]).abs().mean() / neighbours)
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_a_loop_closes_as_smoothly_as_any_two_neighbours(family, loaded, video_models, tmp_path):
+    case = dict(LOOP_CASES[family])
+    contrast = case.pop("contrast")
+    pipe = loaded(family)
+    folder = video_models[family]
+    plain = pipe(video_options(folder, tmp_path / "a.png", family, **case))
+    looped = pipe(video_options(folder, tmp_path / "b.png", family, loop=True, **case))
+    # The loop's last frame is the one before the closing frame (frame 1 again).
+    assert plain.n_frames == case["frames"] and looped.n_frames == case["frames"] - 1
+    assert looped.options.loop and looped.options.frames == case["frames"]
+    seam_loop, seam_plain = temporal_seam(looped.frames), temporal_seam(plain.frames)
+    assert seam_loop <= 1.5, (seam_loop, seam_plain)
+    if contrast:
+        assert seam_plain > 1.5 and seam_plain > 1.5 * seam_loop, (seam_loop, seam_plain)
+    # Every frame of the loop is still a seamless panorama.
+    assert max(seam_ratio(f) for f in looped.frames) < 2.0
+
+
+def test_loop_shifts_cover_the_clip_and_keep_moving():
+    for m in (2, 3, 4, 15):
+        shifts = [loop_shift(i, m) for i in range(20)]
+        assert all(0 <= s < m for s in shifts)
+        assert set(shifts) == set(range(m))  # every boundary, the wrap included, is inside
+        assert shifts[0] != 0  # the first steps, which lay out the motion, see the wrap
+        assert sum(a != b for a, b in itertools.pairwise(shifts)) >= 12  # it keeps moving
+    assert {loop_shift(i, 1) for i in range(5)} == {0}
+
+
+def test_loop_options_are_checked(tmp_path):
+    with pytest.raises(OptionsError, match="loop: true, but a still has no time"):
+        GenerationOptions(prompt=PROMPT, output=str(tmp_path / "a.png"), loop=True).validate()
+    with pytest.raises(OptionsError, match="loop: 'yes' must be true or false"):
+        GenerationOptions(prompt=PROMPT, video=True, loop="yes").validate()
+    one = GenerationOptions(prompt=PROMPT, video=True, loop=True, frames=1)
+    with pytest.raises(
+        OptionsError,
+        match="frames: 1 is too few for a loop with LTX-Video; a loop needs at least 9",
+    ):
+        check_video_request(one, LTXVideoAdapter)
+    opts = GenerationOptions(prompt=PROMPT, video=True, loop=True, frames=5)
+    assert check_video_request(opts, WanAdapter) == (5, 16, 1)
+    assert check_video_request(
+        GenerationOptions(prompt=PROMPT, video=True, loop=True), WanAdapter
+    ) == (81, 16, 20)
+
+
+# --- streaming: a chunk of frames at a time -------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("context", [(2, 1), (3, 0), (1, 0)])
+def test_frame_chunks_cover_the_clip_each_frame_from_its_own_latent(loop, context):
+    c = 4
+    for m in (1, 2, 3, 5, 9):
+        for per_chunk in (1, 2, 4, 16):
+            chunks = plan_frame_chunks(m, c, per_chunk, loop=loop, context=context)
+            total = m * c if loop else (m - 1) * c + 1
+            ends = np.cumsum([ch.n_frames for ch in chunks])
+            assert [ch.start for ch in chunks] == [0, *ends[:-1].tolist()]
+            assert sum(ch.n_frames for ch in chunks) == total
+            for ch in chunks:
+                decoded = (len(ch.latent_ids) - 1) * c + 1
+                assert ch.offset + ch.n_frames <= decoded
+                for i in range(ch.n_frames):
+                    frame, f = ch.start + i, ch.offset + i  # in the clip, in the decode
+                    position = 0 if f == 0 else (f - 1) // c + 1
+                    # The latent frame a clip frame comes from: in a loop frame t is made by
+                    # latent t // c (no lone first frame); otherwise by 0, then (t - 1) // c + 1.
+                    own = frame // c if loop else (0 if frame == 0 else (frame - 1) // c + 1)
+                    assert ch.latent_ids[position] == own
+                # Context: at most context[0] latent frames before, context[1] after.
+                own = {
+                    (f - 1) // c + 1 if f else 0 for f in range(ch.offset, ch.offset + ch.n_frames)
+                }
+                assert min(own) <= context[0] and len(ch.latent_ids) - 1 - max(own) <= context[1]
+            if loop:  # the wrap: the first chunk is decoded after the clip's last frames
+                assert chunks[0].latent_ids[: context[0]] == tuple(
+                    i % m for i in range(-context[0], 0)
+                )
+            else:
+                assert chunks[0].latent_ids[0] == 0 and chunks[-1].latent_ids[-1] == m - 1
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_a_clip_streams_chunk_by_chunk_as_it_would_be_held(
+    family, loaded, video_models, tmp_path, monkeypatch
+):
+    pipe = loaded(family)
+    case = {"width": 128, "frames": 4 * pipe.adapter.temporal_compression + 1, "steps": 2}
+    opts = video_options(video_models[family], tmp_path / "c.png", family, **case)
+    whole = pipe(opts)
+    # A canvas budget of two latent frames' frames: chunks of two latent frames.
+    c = pipe.adapter.temporal_compression
+    monkeypatch.setattr(pipeline, "CANVAS_BUDGET_VALUES", 3 * 64 * 128 * 2 * c)
+    got = []
+    streamed = pipe(opts, frame_sink=got.append)
+    assert streamed.frames is None and streamed.n_frames == whole.n_frames
+    assert [ch.start for ch in got] == [0, c + 1, 3 * c + 1]
+    assert all(ch.total == whole.n_frames and ch.result is streamed for ch in got)
+    frames = torch.cat([ch.frames for ch in got])
+    assert frames.shape == whole.frames.shape
+    assert torch.equal(streamed.image, frames[0])
+    # Held in memory with the same chunks: the same frames.
+    held = pipe(opts)
+    assert torch.equal(held.frames, frames)
+    # The first chunk has no context before it; with a causal decoder (Wan) and no context
+    # after it is the whole-clip decode's beginning.
+    if pipe.adapter.decode_context_latents[1] == 0:
+        first = got[0].frames.shape[0]
+        torch.testing.assert_close(frames[:first], whole.frames[:first], atol=1e-5, rtol=0)
+    # Later chunks are decoded with their context: close to the whole-clip decode.
+    err = (frames - whole.frames).abs().mean()
+    motion = (whole.frames[1:] - whole.frames[:-1]).abs().mean()
+    assert err < motion, (float(err), float(motion))
+
+
+def test_a_cancel_while_frames_stream_leaves_the_earlier_clip(video_models, tmp_path, monkeypatch):
+    from spherediff_core.runner import CancelToken
+    from spherediff_core.runner import generate as run_generate
+
+    monkeypatch.setattr(pipeline, "CANVAS_BUDGET_VALUES", 3 * 64 * 128 * 8)  # 2 latent frames
+    out = tmp_path / "out" / "clip.png"
+    options = GenerationOptions(
+        prompt=PROMPT,
+        model=str(video_models["wan"]),
+        video=True,
+        frames=17,
+        fps=8,
+        steps=2,
+        width=128,
+        offline=True,
+        output=str(out),
+    )
+    run_generate(options)
+    before = {p.name: p.read_bytes() for p in (out.parent / "clip_frames").iterdir()}
+    files = {name: (out.parent / name).read_bytes() for name in ("clip.json", "clip.mp4")}
+    assert len(before) == 17
+    # Again with another seed, cancelled while the second chunk is decoded: the first
+    # chunk's frames are on disk by then (in the temporary folder).
+    token = CancelToken()
+    written: list[int] = []
+
+    def on_progress(event):
+        if event.phase == "decode" and event.step > event.total // 3 + 10 and not written:
+            written.extend(
+                len(list(d.glob("*.png")))
+                for d in out.parent.iterdir()
+                if d.is_dir() and d.name.startswith(".")
+            )
+            token.cancel("test")
+
+    again = GenerationOptions(**{**options.to_dict(), "seed": 1})
+    with pytest.raises(CancelledError):
+        run_generate(again, on_progress=on_progress, should_cancel=token)
+    assert written == [5], written  # the clip was streaming: the first chunk (frames 1-5)
+    assert sorted(os.listdir(out.parent)) == ["clip.json", "clip.mp4", "clip_frames"]
+    assert {p.name: p.read_bytes() for p in (out.parent / "clip_frames").iterdir()} == before
+    assert {n: (out.parent / n).read_bytes() for n in files} == files

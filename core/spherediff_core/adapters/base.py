@@ -122,6 +122,11 @@ class ModelAdapter(ABC):
     model loads; video adapters replace it with their VAE's value when they load."""
     default_frames: ClassVar[int] = 1
     default_fps: ClassVar[int | None] = None
+    decode_context_latents: ClassVar[tuple[int, int]] = (2, 1)
+    """(before, after): latent frames decoded around a chunk of a video's latents and
+    dropped, so that the chunk's frames come out as in a whole-clip decode (the VAE
+    decoder's temporal reach; a causal decoder needs none after). See
+    pipeline.plan_frame_chunks."""
 
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.pipe = pipe
@@ -213,7 +218,8 @@ class ModelAdapter(ABC):
         vae = self.pipe.vae
         lat = self.to_vae_latents(latents.to(device=self.device, dtype=vae.dtype))
         image = vae.decode(lat, return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        # In place: a decoded video is large, and the VAE's output is ours.
+        return image.float().div_(2).add_(0.5).clamp_(0, 1)
 
     def to_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """The denoiser's latents -> the VAE decoder's (undo the scaling / normalisation)."""

@@ -44,6 +44,9 @@ class LTXVideoAdapter(ModelAdapter):
     default_fps = 24
     max_sequence_length: ClassVar[int] = 128
     """T5 tokens per prompt, as LTXPipeline's default."""
+    # The LTX-Video decoder is not causal: chunks need context after them too (diffusers'
+    # own temporal tiling of this VAE overlaps one latent frame and blends).
+    decode_context_latents: ClassVar[tuple[int, int]] = (2, 1)
     # Timestep-conditioned VAEs (LTX-Video 0.9.1 and later) decode slightly re-noised
     # latents; diffusers' LTX documentation recommends these values for them.
     decode_timestep: ClassVar[float] = 0.05
@@ -167,7 +170,8 @@ class LTXVideoAdapter(ModelAdapter):
             )
         else:
             video = vae.decode(lat, temb, return_dict=False)[0]
-        return (video.float() / 2 + 0.5).clamp(0, 1)
+        # In place: a decoded clip is large, and the VAE's output is ours.
+        return video.float().div_(2).add_(0.5).clamp_(0, 1)
 
     def enable_vae_memory_savers(self, tiling: bool = True, slicing: bool = True) -> bool:
         changed = super().enable_vae_memory_savers(tiling, slicing)

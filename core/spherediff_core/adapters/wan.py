@@ -38,6 +38,10 @@ class WanAdapter(ModelAdapter):
     temporal_compression = 4
     default_frames = 81
     default_fps = 16
+    # AutoencoderKLWan decodes causally, latent frame by latent frame, each causal conv
+    # keeping two frames of the one before: a chunk needs context before it only, and
+    # three latent frames bring the decoder's state close to a whole-clip decode's.
+    decode_context_latents: ClassVar[tuple[int, int]] = (3, 0)
     max_sequence_length: ClassVar[int] = 512
     """UMT5 tokens per prompt, as WanPipeline's default."""
 
