@@ -246,12 +246,17 @@ def _writing(image: Path, sidecar: Path) -> Iterator[list[Path]]:
         for tmp in temps:
             placing.remove(tmp)
         if isinstance(exc, OSError):
-            where = os.fspath(exc.filename) if exc.filename else folder
-            raise OutputError(
-                f"output: cannot write {str(where)!r} ({exc.strerror or exc}); choose a folder "
-                "you can write to, with enough free space (earlier outputs were kept)"
-            ) from exc
+            raise _write_error(exc, folder) from exc
         raise
+
+
+def _write_error(exc: OSError, folder: Path) -> OutputError:
+    """An OSError while writing the outputs, said as an OutputError naming the path."""
+    where = os.fspath(exc.filename) if exc.filename else folder
+    return OutputError(
+        f"output: cannot write {str(where)!r} ({exc.strerror or exc}); choose a folder "
+        "you can write to, with enough free space (earlier outputs were kept)"
+    )
 
 
 def _put_in_place(image: Path, sidecar: Path, moves: list[tuple[Path | None, Path]]) -> None:
@@ -488,7 +493,6 @@ class VideoWriter:
         self._encoder: _Mp4Encoder | None = None
         self._png_doc: dict[str, Any] | None = None
         self._written = 0
-        self._size: tuple[int, int] | None = None
         self._fps = 0
         self._done = False
 
@@ -524,11 +528,7 @@ class VideoWriter:
         try:
             yield
         except OSError as exc:
-            where = os.fspath(exc.filename) if exc.filename else self.folder
-            raise OutputError(
-                f"output: cannot write {str(where)!r} ({exc.strerror or exc}); choose a folder "
-                "you can write to, with enough free space (earlier outputs were kept)"
-            ) from exc
+            raise _write_error(exc, self.folder) from exc
 
     # --- frames ------------------------------------------------------------------------
     def __call__(self, chunk: Any) -> None:
@@ -572,7 +572,6 @@ class VideoWriter:
         if result.options.loop:
             png_doc["video"]["loop"] = True
         height, width = int(frames.shape[-2]), int(frames.shape[-1])
-        self._size = (width, height)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._tmp_dir = _temp_dir(self.folder, self.frames_dir)
         self._temps.append(self._tmp_dir)

@@ -922,7 +922,7 @@ class SphereDiffPipeline:
         )
         model = adapter.describe() | {"source": self.source, "revision": self.revision}
         return GenerationResult(
-            torch.zeros(3, options.height, options.resolved_width),
+            torch.empty(3, 0, 0),  # the decoded ERP replaces it (no 8K placeholder held)
             used,
             plan.n_points,
             plan.grid_size,
