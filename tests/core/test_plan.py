@@ -98,7 +98,6 @@ def test_big_plan_stays_distinct_covering_and_regular_at_the_centre(plan_for):
     their candidates through the inner ring's prediction and some through widened KD-tree
     queries; both paths must keep every view's points distinct."""
     plan = plan_for(n_points=100_000)
-    h, w = plan.grid_size
     sorted_idx = plan.indices.sort(dim=1).values
     assert not bool((sorted_idx[:, 1:] == sorted_idx[:, :-1]).any()), "a view repeats a point"
     assert bool(plan.covered.all())
