@@ -30,6 +30,7 @@ from .preferences import (
     default_model_id,
     default_video_model_id,
     get_preferences,
+    gpu_plan,
     offline_forced,
     resolve_worker_python,
     user_folder,
@@ -235,6 +236,13 @@ def resolve_model(values: dict, prefs) -> str:
     return properties.model_id_for(values["model_preset"], values["custom_model"])
 
 
+def job_device(prefs) -> str:
+    """The job's device: the Device preference (auto, cuda, mps or cpu). Several GPUs
+    need auto or cuda (each worker process takes cuda:LOCAL_RANK): gpu_plan refuses the
+    others before any worker starts, so a job never names one GPU (cuda:1) for them all."""
+    return prefs.device if prefs else "auto"
+
+
 def build_options(values: dict, prefs, output: str) -> dict:
     """The worker job's options (spherediff_core.options.GenerationOptions fields)."""
     model = resolve_model(values, prefs)
@@ -257,7 +265,7 @@ def build_options(values: dict, prefs, output: str) -> dict:
         "guidance": None if values["auto_guidance"] else float(values["guidance"]),
         "seed": int(seed),
         "width": width,
-        "device": prefs.device if prefs else "auto",
+        "device": job_device(prefs),
         "precision": prefs.precision if prefs else "auto",
         "cpu_offload": bool(prefs.cpu_offload) if prefs else False,
         "vae_tiling": bool(prefs.vae_tiling) if prefs else False,
@@ -313,6 +321,10 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         problem = properties.generation_problem(values, resolve_model(values, prefs))
         if problem:
             return None, problem
+        try:  # GPUs and GPU IDs: how many worker processes, on which GPUs
+            gpus = gpu_plan(prefs, job_device(prefs))
+        except worker_client.LaunchError as exc:
+            return None, str(exc)
         staging = Path(tempfile.mkdtemp(prefix="spherediff-"))
         placeholder = str(Path(tempfile.gettempdir()) / "spherediff.png")
         options = build_options(values, prefs, placeholder)
@@ -334,7 +346,10 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
         log = None
         with contextlib.suppress(OSError):
             log = user_folder(create=True) / "worker.log"
-            log.write_text(f"SphereDiff worker {python} (from {source}), {time.ctime()}\n")
+            how = f", {gpus.processes} processes (torchrun)" if gpus.distributed else ""
+            if gpus.visible_devices is not None:
+                how += f", CUDA_VISIBLE_DEVICES={gpus.visible_devices}"
+            log.write_text(f"SphereDiff worker {python} (from {source}){how}, {time.ctime()}\n")
         run = worker_client.GenerationRun(
             python,
             options,
@@ -343,6 +358,7 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
             # Made for this job alone: should Blender die, the worker removes it too.
             extra_job={"staging_dir": str(staging)},
             cwd=str(staging),
+            gpus=gpus,
         )
         if not run.start():
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Add-on preferences: where the worker's Python is, models, device and the installer.
+"""Add-on preferences: where the worker's Python is, models, device, GPUs and the installer.
 
 The worker Python is found in this order (:func:`resolve_worker_python`):
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences
 
 from . import installer, worker_client
@@ -95,6 +95,16 @@ def _missing(path: str, source: str) -> str:
     return ""
 
 
+def gpu_plan(prefs, device: str | None = None) -> worker_client.GpuPlan:
+    """The worker processes the GPUs preferences ask for, with the job's ``device``
+    (default: the Device preference). Raises :class:`worker_client.LaunchError`."""
+    if prefs is None:
+        return worker_client.GpuPlan()
+    return worker_client.plan_gpus(
+        prefs.gpu_count, prefs.gpu_ids, prefs.device if device is None else device
+    )
+
+
 def offline_forced() -> bool:
     """Blender's "Allow Online Access" is off (or Blender runs with --offline-mode)."""
     return not getattr(bpy.app, "online_access", True)
@@ -168,6 +178,26 @@ class SphereDiffPreferences(AddonPreferences):
         name="VAE Tiling",
         description="Decode images in tiles (less VRAM for large sizes)",
         default=False,
+    )
+    gpu_count: IntProperty(
+        name="GPUs",
+        description=(
+            "How many GPUs share one generation: one worker process per GPU, launched with "
+            "PyTorch's torchrun when more than 1 (needs Device Automatic or CUDA)"
+        ),
+        default=1,
+        min=1,
+        soft_max=8,
+        max=worker_client.MAX_GPUS,
+    )
+    gpu_ids: StringProperty(
+        name="GPU IDs",
+        description=(
+            "Which GPUs to use, as comma-separated numbers such as 0,1,3 (sets "
+            "CUDA_VISIBLE_DEVICES; one process per number, overriding GPUs). Empty: the "
+            "first GPUs"
+        ),
+        default="",
     )
     default_model: EnumProperty(
         name="Default Model",
@@ -270,6 +300,27 @@ class SphereDiffPreferences(AddonPreferences):
         box.prop(self, "precision")
         box.prop(self, "cpu_offload")
         box.prop(self, "vae_tiling")
+
+        # GPUs
+        box = layout.box()
+        box.label(text="GPUs", icon="SYSTEM")
+        col = box.column(align=True)
+        col.label(text="Several GPUs share one generation, one worker process each")
+        col.label(text="(torchrun; Device Automatic or CUDA)")
+        row = box.row()
+        row.enabled = not self.gpu_ids.strip()  # the ids decide how many
+        row.prop(self, "gpu_count")
+        box.prop(self, "gpu_ids")
+        try:
+            plan = gpu_plan(self)
+        except worker_client.LaunchError as exc:
+            box.label(text=str(exc), icon="ERROR")
+        else:
+            if plan.distributed:
+                text = f"{plan.processes} worker processes"
+                if plan.visible_devices is not None:
+                    text += f" on GPUs {plan.visible_devices}"
+                box.label(text=text, icon="CHECKMARK")
 
 
 def _draw_check_result(layout) -> None:

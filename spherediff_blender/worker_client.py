@@ -17,6 +17,11 @@ Every Python this module (and the installer) starts is started by :func:`python_
 never with the current folder on ``sys.path`` and in a known working folder
 (:func:`neutral_cwd`), so a ``json.py`` lying in the folder Blender was started from is
 never imported by the worker or by pip.
+
+Several GPUs (:func:`plan_gpus`, :func:`launch_command`): the worker runs under PyTorch's
+launcher, ``torch.distributed.run --standalone --nproc-per-node=N -m
+spherediff_core.worker``, one process per GPU; rank 0 alone reads the job and writes the
+events, so the protocol is the same.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from typing import Any
 
 PROTOCOL = 1
 WORKER_MODULE = "spherediff_core.worker"
+TORCHRUN_MODULE = "torch.distributed.run"  # what ``torchrun`` runs
+GPU_DEVICES = ("auto", "cuda")  # the job devices several GPUs work with (cuda:LOCAL_RANK)
+MAX_GPUS = 64
 TERMINATE_AFTER_S = 0.4  # after "cancel": SIGTERM / CTRL_BREAK_EVENT to the process group
 KILL_AFTER_S = 0.8  # then SIGKILL / TerminateProcess: stopped within a second
 EXIT_WAIT_S = 5.0  # how long a worker may take to exit after its stdout closed
@@ -98,6 +106,112 @@ def worker_env(offline: bool = False, base: dict[str, str] | None = None) -> dic
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+class LaunchError(ValueError):
+    """A GPU setting the worker cannot be started with (the message says what to change)."""
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """How many worker processes to start, and which GPUs they see.
+
+    ``processes`` > 1 runs the worker under torch.distributed.run, one process per GPU;
+    ``visible_devices`` (when not None) becomes ``CUDA_VISIBLE_DEVICES``.
+    """
+
+    processes: int = 1
+    visible_devices: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.processes > 1
+
+
+def parse_gpu_ids(text: str) -> list[int]:
+    """``"0,1,3"`` -> [0, 1, 3]; empty -> []. Raises :class:`LaunchError` on anything else."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise LaunchError(
+            f"GPU ids {text!r}: use comma-separated GPU numbers such as 0,1,3 "
+            "(or leave GPU IDs empty for the first GPUs)"
+        )
+    ids = [int(part) for part in parts]
+    seen: set[int] = set()
+    for gpu in ids:
+        if gpu in seen:
+            raise LaunchError(
+                f"GPU ids {text!r}: GPU {gpu} is listed twice; list each GPU once, such as 0,1,3"
+            )
+        seen.add(gpu)
+    if len(ids) > MAX_GPUS:
+        raise LaunchError(f"GPU ids {text!r}: {len(ids)} GPUs, at most {MAX_GPUS}")
+    return ids
+
+
+def plan_gpus(gpu_count: int = 1, gpu_ids: str = "", device: str = "auto") -> GpuPlan:
+    """The worker processes for the GPUs preferences (``gpu_count``, ``gpu_ids``) and the
+    job's ``device``. Raises :class:`LaunchError`, naming the bad value and the fix.
+
+    ``gpu_ids`` (e.g. ``"0,1,3"``), when given, decides: one process per id, and it sets
+    ``CUDA_VISIBLE_DEVICES``; empty: ``gpu_count`` processes on the first GPUs. Several
+    processes need the job's device ``auto`` or ``cuda`` (each picks cuda:LOCAL_RANK),
+    never a particular ``cuda:1``, ``mps`` or ``cpu``.
+    """
+    ids = parse_gpu_ids(gpu_ids)
+    device = str(device or "auto")
+    if ids:
+        if device not in GPU_DEVICES:
+            raise LaunchError(
+                f"GPU ids {gpu_ids.strip()!r} need device auto or cuda, not {device!r}: "
+                "set Device to Automatic or CUDA, or clear GPU IDs"
+            )
+        return GpuPlan(len(ids), ",".join(map(str, ids)))
+    if isinstance(gpu_count, bool) or not isinstance(gpu_count, int):
+        raise LaunchError(f"GPUs {gpu_count!r}: use a whole number from 1 to {MAX_GPUS}")
+    if not 1 <= gpu_count <= MAX_GPUS:
+        raise LaunchError(f"GPUs {gpu_count}: use a number from 1 to {MAX_GPUS}")
+    if gpu_count > 1 and device not in GPU_DEVICES:
+        raise LaunchError(
+            f"GPUs {gpu_count} with device {device!r}: several GPUs need device auto or "
+            "cuda; set Device to Automatic or CUDA, or GPUs to 1"
+        )
+    return GpuPlan(gpu_count, None)
+
+
+def launch_command(
+    python: str,
+    args: list[str] | tuple[str, ...] = (),
+    plan: GpuPlan | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str] | None]:
+    """(argv, env) that start the worker with ``args`` as ``plan`` says.
+
+    One process: :func:`worker_argv`, ``env`` unchanged (what it always was). Several:
+    ``python -m torch.distributed.run --standalone --nproc-per-node=N -m
+    spherediff_core.worker ARGS`` (started as :func:`python_argv` starts any module: the
+    current folder off ``sys.path``), with ``CUDA_VISIBLE_DEVICES`` when the plan names the
+    GPUs (``env`` None: this process's environment plus that variable).
+    """
+    plan = plan or GpuPlan()
+    if plan.distributed:
+        argv = python_argv(
+            python,
+            TORCHRUN_MODULE,
+            "--standalone",
+            f"--nproc-per-node={plan.processes}",
+            "-m",
+            WORKER_MODULE,
+            *args,
+        )
+    else:
+        argv = worker_argv(python, *args)
+    if plan.visible_devices is not None:
+        env = {**(os.environ if env is None else env), "CUDA_VISIBLE_DEVICES": plan.visible_devices}
+    return argv, env
 
 
 def popen_group_kwargs() -> dict[str, Any]:
@@ -350,13 +464,16 @@ class GenerationRun:
         stderr_log: Path | None = None,
         extra_job: dict[str, Any] | None = None,
         cwd: str | None = None,
+        gpus: GpuPlan | None = None,
     ) -> None:
         self.python = python
         self.job = {"protocol": PROTOCOL, "options": options, **(extra_job or {})}
+        self.gpus = gpus or GpuPlan()
         # --parent-pid: the worker stops by itself when this process is gone; standard
         # input stays open until the run is over (its end means the same).
+        argv, env = launch_command(python, ["--parent-pid", str(os.getpid())], self.gpus, env)
         self.process = WorkerProcess(
-            worker_argv(python, "--parent-pid", str(os.getpid())),
+            argv,
             env=env,
             cwd=cwd,
             stderr_log=stderr_log,

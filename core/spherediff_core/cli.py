@@ -426,7 +426,17 @@ def _generate(args: argparse.Namespace) -> int:
     install_cancel_signals(token, on_first=on_signal)
     prepare_environment(options.offline)
     progress = ProgressPrinter(err, quiet=args.quiet)
+    dist = None
+    who = "spherediff"
     try:
+        from .distributed import init_from_env, launched
+
+        if launched():  # one rank of a torchrun job: share the generation
+            dist = init_from_env(options.device)
+            if dist is not None and not dist.is_root:
+                who = f"spherediff (rank {dist.rank})"
+                progress = ProgressPrinter(err, quiet=True)
+                logging.getLogger().setLevel(logging.ERROR)  # rank 0 gives the warnings
         # (generate() applies the thread setting once the request passed its checks:
         # torch is not imported before, so a refusal comes in well under 2 s.)
         outcome = generate(
@@ -434,18 +444,26 @@ def _generate(args: argparse.Namespace) -> int:
             on_progress=progress,
             should_cancel=token,
             plan_cache_dir=args.plan_cache_dir,
+            dist=dist,
         )
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         progress.close()
         report = describe_error(exc, token.reason)
+        if dist is not None and not dist.is_root and report.code == "cancelled":
+            return EXIT_OK  # rank 0 reports the cancel; torchrun must not tear it down
         if args.verbose or report.code == "internal":
             err.write(report.traceback)
-        err.write(f"spherediff: {'' if report.code == 'cancelled' else 'error: '}")
+        err.write(f"{who}: {'' if report.code == 'cancelled' else 'error: '}")
         err.write(f"{report.message}\n")
         return report.exit_code
+    finally:
+        if dist is not None:
+            dist.close()
     progress.close()
+    if outcome is None:  # a rank other than 0: rank 0 wrote the files and says so
+        return EXIT_OK
     if outcome.video:
         mp4 = f", preview {outcome.mp4.name}" if outcome.mp4 is not None else ""
         print(

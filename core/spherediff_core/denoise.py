@@ -89,6 +89,33 @@ class DenoiseProgress:
         return None if f <= 0 else self.elapsed_s * (1.0 - f) / f
 
 
+@dataclass
+class _BatchTables:
+    """One view batch's indices, made once before the loop (on the GPU: no host-to-device
+    copy, and so no wait, per batch and step)."""
+
+    ids: torch.Tensor  # (v,) the plan's views
+    vidx: torch.Tensor  # (v * B,) the view of every item, on the CPU
+    vidx_list: list[int]
+    vidx_dev: torch.Tensor  # the same on the device
+    index: torch.Tensor  # (v * h * w,) sphere point of every cell, on the device
+    weights: torch.Tensor  # (v * h * w,) fusion weights, on the device
+
+
+def _batch_tables(
+    plan: SamplingPlan, ids: torch.Tensor, batch: int, device: torch.device
+) -> _BatchTables:
+    vidx = ids.repeat_interleave(batch)
+    return _BatchTables(
+        ids=ids,
+        vidx=vidx,
+        vidx_list=vidx.tolist(),
+        vidx_dev=vidx.to(device),
+        index=plan.indices[ids].reshape(-1).to(device),
+        weights=plan.weights[ids].reshape(-1).to(device),
+    )
+
+
 def prepare_sphere_latents(
     plan: SamplingPlan,
     channels: int,
@@ -128,6 +155,7 @@ def sphere_denoise(
     step_kwargs: dict[str, Any] | None = None,
     known: KnownRegion | None = None,
     noise: torch.Tensor | None = None,
+    dist: Any = None,
 ) -> torch.Tensor:
     """Denoise sphere latents over the scheduler's timesteps.
 
@@ -150,6 +178,11 @@ def sphere_denoise(
             steps (:class:`spherediff_core.known.KnownRegion`).
         noise: (B, C, [F,] N) unit noise that noises the known content to each timestep;
             default the initial ``latents`` over :func:`init_noise_sigma`.
+        dist: a :class:`spherediff_core.distributed.DistContext` to share the views with
+            the other processes of a torchrun job (None: this process denoises them all).
+            This rank denoises its shard; the fused sums are added over the ranks, the
+            scheduler steps on every rank and rank 0's latents are kept by all. The
+            callback then counts this rank's rounds of batches.
 
     Returns the denoised sphere latents, shaped like ``latents``.
     """
@@ -176,9 +209,14 @@ def sphere_denoise(
     if known is not None:
         known = known.to(device)
 
-    # 3. Batches of views
-    order = torch.arange(plan.n_views)
-    batches = [order[i : i + view_batch_size] for i in range(0, plan.n_views, view_batch_size)]
+    # 3. Batches of views (this rank's share of them); every rank runs as many rounds
+    #    as the busiest, so the cancel check before each round is one collective
+    order = torch.arange(plan.n_views) if dist is None else dist.shard(plan.n_views)
+    batches = [
+        _batch_tables(plan, order[i : i + view_batch_size], batch, device)
+        for i in range(0, len(order), view_batch_size)
+    ]
+    n_rounds = len(batches) if dist is None else dist.rounds(plan.n_views, view_batch_size)
     timesteps = list(scheduler.timesteps)
     start = time.perf_counter()
 
@@ -188,19 +226,26 @@ def sphere_denoise(
     for step_index, t in enumerate(timesteps):
         scaled = latents if scale_input is None else scale_input(latents, t)
         acc = SphereAccumulator(plan, latents)
-        for b, ids in enumerate(batches):
-            if should_cancel is not None and should_cancel():
+        for b in range(n_rounds):
+            stop = should_cancel is not None and should_cancel()
+            if dist is not None:
+                stop = dist.any(stop)
+            if stop:
                 raise GenerationCancelled()
-            grids = gather_views(scaled, plan, ids)  # (v, B, C, [F,] h, w)
+            if b >= len(batches):  # a rank with fewer views waits for the others
+                continue
+            tables = batches[b]
+            ids = tables.ids
+            grids = gather_views(scaled, plan, ids, tables.index)  # (v, B, C, [F,] h, w)
             grids = grids.reshape(-1, *grids.shape[2:])  # (v*B, C, [F,] h, w)
-            vidx = ids.repeat_interleave(batch)
-            conds = [conditioning[i] for i in vidx.tolist()]
+            vidx, vidx_dev = tables.vidx, tables.vidx_dev
+            conds = [conditioning[i] for i in tables.vidx_list]
             uncond = torch.zeros(vidx.numel(), dtype=torch.bool)
             if do_cfg:
                 grids = torch.cat([grids, grids])
                 conds = [negative_conditioning] * vidx.numel() + conds
                 uncond = torch.cat([~uncond, uncond])
-                vidx = torch.cat([vidx, vidx])
+                vidx, vidx_dev = torch.cat([vidx, vidx]), torch.cat([vidx_dev, vidx_dev])
             out = denoiser(
                 DenoiserInput(
                     latents=grids,
@@ -208,26 +253,29 @@ def sphere_denoise(
                     conditioning=conds,
                     unconditional=uncond,
                     view_index=vidx,
-                    view_dirs=view_dirs[vidx.to(device)],
-                    rays=rays[vidx.to(device)],
+                    view_dirs=view_dirs[vidx_dev],
+                    rays=rays[vidx_dev],
                     step_index=step_index,
                 )
             )
             if do_cfg:
                 out_u, out_c = out.chunk(2)
                 out = out_u + guidance_scale * (out_c - out_u)
-            acc.add(out.reshape(ids.numel(), batch, *out.shape[1:]), ids)
+            out = out.reshape(ids.numel(), batch, *out.shape[1:])
+            acc.add(out, ids, tables.index, tables.weights)
             if callback is not None:
                 callback(
                     DenoiseProgress(
                         step=step_index + 1,
                         total_steps=len(timesteps),
                         batch=b + 1,
-                        total_batches=len(batches),
+                        total_batches=n_rounds,
                         elapsed_s=time.perf_counter() - start,
                     )
                 )
         # 5. Fuse model outputs on the sphere, then ONE scheduler step on all points
+        if dist is not None:
+            dist.all_sum_(acc.numerator, acc.weight)
         model_output = acc.result(torch.zeros_like(latents))
         stepped = scheduler.step(model_output, t, latents, return_dict=False, **step_kwargs)[0]
         # A point no view covers keeps its value.
@@ -235,4 +283,7 @@ def sphere_denoise(
         # 6. Known content held (the latent blend of diffusers' inpainting pipelines)
         if known is not None and step_index < known.enforce_steps:
             latents = known.blend(latents, scheduler, step_index + 1, noise)
+        if dist is not None:  # bit-identical ranks, even on mixed hardware
+            latents = latents.contiguous()
+            dist.broadcast_(latents)
     return latents

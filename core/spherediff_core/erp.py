@@ -77,6 +77,9 @@ class ErpCanvas:
             channels, height * width, dtype=torch.float32, device=self.device
         )
         self.weight = torch.zeros(height * width, dtype=torch.float32, device=self.device)
+        # Keep only the pixels inside each view (CPU), or the whole band with weight 0
+        # outside it (GPU: no host-device synchronisation per view); same result.
+        self.compact = self.device.type == "cpu"
         self._dirs = geometry.erp_pixel_directions(height, width, dtype=torch.float32).to(
             self.device
         )
@@ -91,11 +94,18 @@ class ErpCanvas:
     def _footprint(
         self, v: int, tx: float, ty: float, half_diag: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """The ERP pixels view ``v`` covers: (pixel indices, sample grid, weights)."""
+        """The ERP pixels view ``v`` covers: (pixel indices, sample grid, weights).
+
+        On the CPU only the pixels inside the view are kept. On a GPU the whole band is
+        kept with weight 0 outside the view: selecting the inside pixels would make the
+        host wait for the GPU at every view (the band is computed on the host from the
+        geometry alone, so nothing else waits either).
+        """
         width = self.width
         # Only pixels whose direction can be inside the view's cone (a spherical cap of
         # radius half_diag) are projected: a band of rows and, when the cap holds no pole,
-        # the columns within its longitude half-width asin(sin(radius) / cos(lat)).
+        # the columns within its longitude half-width asin(sin(radius) / cos(lat)) -- one
+        # cyclic run of columns.
         lat_v = float(self._lat_views[v])
         rows = torch.nonzero((self._row_lat - lat_v).abs() <= half_diag + 1e-6).squeeze(1)
         if rows.numel() == 0:
@@ -103,27 +113,33 @@ class ErpCanvas:
         r0, r1 = int(rows.min()), int(rows.max()) + 1
         if abs(lat_v) + half_diag < math.pi / 2 - 1e-6:
             half_lon = math.asin(min(1.0, math.sin(half_diag) / math.cos(lat_v)))
+            half_lon += 2 * math.pi / width  # a column's margin
             lon = float(self._lon_views[v])
-            dlon = torch.remainder(self._col_lon - lon + math.pi, 2 * math.pi) - math.pi
-            cols = torch.nonzero(dlon.abs() <= half_lon + 2 * math.pi / width).squeeze(1)
+            # Column j is centred on longitude (0.5 - (j + 0.5) / W) * 2 pi.
+            first = math.floor((0.5 - (lon + half_lon) / (2 * math.pi)) * width - 0.5)
+            last = math.ceil((0.5 - (lon - half_lon) / (2 * math.pi)) * width - 0.5)
+            count = min(width, last - first + 1)
         else:
-            cols = torch.arange(width)
-        cols = cols.to(self.device)
-        band = self._dirs[r0:r1][:, cols].reshape(-1, 3)  # (rows * cols, 3)
+            first, count = 0, width
+        cols = torch.remainder(first + torch.arange(count, device=self.device), width)
+        band = self._dirs[r0:r1].index_select(1, cols).reshape(-1, 3)  # (rows * cols, 3)
         cam = band @ self._frames32[v].t()  # (P, 3): right, up, forward components
         depth = cam[:, 2]
-        front = depth > 1e-6
         x = cam[:, 0] / depth.clamp_min(1e-6) / tx
         y = cam[:, 1] / depth.clamp_min(1e-6) / ty
-        inside = front & (x.abs() <= 1.0) & (y.abs() <= 1.0)
-        sel = torch.nonzero(inside).squeeze(1)
-        if sel.numel() == 0:
-            return None
-        xs, ys = x[sel], y[sel]
-        grid = torch.stack([xs, -ys], dim=-1).reshape(1, 1, -1, 2)
-        wts = torch.exp(-torch.hypot(xs, ys) / self.temperature)
-        n_cols = cols.numel()
-        pix = (sel // n_cols + r0) * width + cols[sel % n_cols]
+        inside = (depth > 1e-6) & (x.abs() <= 1.0) & (y.abs() <= 1.0)
+        rows_band = torch.arange(r0, r1, device=self.device)
+        pix = (rows_band[:, None] * width + cols[None, :]).reshape(-1)
+        if self.compact:
+            sel = torch.nonzero(inside).squeeze(1)
+            if sel.numel() == 0:
+                return None
+            pix, x, y = pix[sel], x[sel], y[sel]
+            wts = torch.exp(-torch.hypot(x, y) / self.temperature)
+        else:
+            x, y = x.clamp(-2.0, 2.0), y.clamp(-2.0, 2.0)  # outside: weight 0, any sample
+            wts = torch.where(inside, torch.exp(-torch.hypot(x, y) / self.temperature), 0.0)
+        grid = torch.stack([x, -y], dim=-1).reshape(1, 1, -1, 2)
         return pix, grid, wts
 
     def add(self, images: torch.Tensor, view_ids: torch.Tensor) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "BadInputError",
     "BrokenModelError",
     "CancelledError",
+    "DistributedError",
     "ModelNotFoundError",
     "OutOfMemoryError",
     "OutputError",
@@ -126,3 +127,10 @@ class CancelledError(SphereDiffError):
 
     code = "cancelled"
     exit_code = EXIT_CANCELLED
+
+
+class DistributedError(SphereDiffError):
+    """Another process of a distributed (torchrun) run failed, stopped or is unreachable."""
+
+    code = "distributed"
+    exit_code = EXIT_INTERNAL

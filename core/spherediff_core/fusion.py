@@ -23,11 +23,16 @@ def _view_ids(plan: SamplingPlan, view_ids: torch.Tensor | None) -> torch.Tensor
 
 
 def gather_views(
-    sphere: torch.Tensor, plan: SamplingPlan, view_ids: torch.Tensor | None = None
+    sphere: torch.Tensor,
+    plan: SamplingPlan,
+    view_ids: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Read view grids out of sphere latents.
 
     sphere: (B, C, N) or (B, C, F, N). Returns (V', B, C, h, w) or (V', B, C, F, h, w).
+    ``index``: ``plan.indices[view_ids]`` flattened, already on the sphere's device (a loop
+    that reuses it saves a host-to-GPU copy, and the wait it brings, per call).
     """
     ids = _view_ids(plan, view_ids)
     h, w = plan.grid_size
@@ -35,7 +40,7 @@ def gather_views(
     if sphere.shape[-1] != plan.n_points:
         raise ValueError(f"sphere has {sphere.shape[-1]} points, the plan {plan.n_points}")
     flat = sphere.reshape(-1, plan.n_points)  # (B*C*F, N)
-    idx = plan.indices[ids].reshape(-1).to(sphere.device)
+    idx = plan.indices[ids].reshape(-1).to(sphere.device) if index is None else index
     grids = flat.index_select(1, idx).reshape(*lead, ids.numel(), h, w)
     # (B, C[, F], V', h, w) -> (V', B, C[, F], h, w)
     n = len(lead)
@@ -55,16 +60,25 @@ class SphereAccumulator:
         )
         self.weight = torch.zeros(plan.n_points, dtype=torch.float32, device=like.device)
 
-    def add(self, views: torch.Tensor, view_ids: torch.Tensor | None = None) -> None:
-        """Accumulate views (V', B, C, h, w) or (V', B, C, F, h, w) of the given views."""
+    def add(
+        self,
+        views: torch.Tensor,
+        view_ids: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        """Accumulate views (V', B, C, h, w) or (V', B, C, F, h, w) of the given views.
+
+        ``index``, ``weights``: the views' flattened plan indices and weights already on
+        the accumulator's device (see :func:`gather_views`)."""
         ids = _view_ids(self.plan, view_ids)
         n_lead = views.dim() - 3
         # (V', B, C[, F], h, w) -> (B, C[, F], V', h, w) -> (B*C*F, V'*h*w)
         perm = (*range(1, 1 + n_lead), 0, views.dim() - 2, views.dim() - 1)
         rows = views.permute(perm).reshape(self.numerator.shape[0], -1)
         device = self.numerator.device
-        idx = self.plan.indices[ids].reshape(-1).to(device)
-        wts = self.plan.weights[ids].reshape(-1).to(device)
+        idx = self.plan.indices[ids].reshape(-1).to(device) if index is None else index
+        wts = self.plan.weights[ids].reshape(-1).to(device) if weights is None else weights
         self.numerator.index_add_(1, idx, rows.to(torch.float32) * wts)
         self.weight.index_add_(0, idx, wts)
 

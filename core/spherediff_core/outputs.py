@@ -129,7 +129,8 @@ def build_metadata(
 
     The first holds every parameter (options with the resolved steps and guidance, less
     the output path), the model, seed, sphere and views, and package versions. The second
-    adds the output files, the timings and the creation time.
+    adds the output files, the timings, the creation time and, for a run shared by
+    several processes (torchrun), its layout (``distributed``).
     """
     from .runner import package_versions
 
@@ -161,6 +162,8 @@ def build_metadata(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "timings": {k: round(float(v), 4) for k, v in used_timings.items()},
     }
+    if getattr(result, "distributed", None):  # how the run was shared (not a parameter)
+        sidecar_doc["distributed"] = dict(result.distributed)
     return png_doc, sidecar_doc
 
 

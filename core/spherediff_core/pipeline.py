@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ from .modelcheck import check_component_classes, check_model_folder, read_model_
 from .options import SIZE_PRESETS, GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .distributed import DistContext
 
 __all__ = [
     "DecodeChunk",
@@ -114,6 +117,8 @@ class GenerationResult:
         fps: video only: the frame rate; None for a still.
         frame_count: the frames made (1 for a still; for a loop, one fewer than asked).
         view_px: the decoded side of one view, in pixels.
+        distributed: the layout of a torchrun run (world_size, backend, views_per_rank:
+            the views each rank denoised and decoded); None for one process.
         warnings: notes for the user about this generation (e.g. views far below the
             model's native size), each a sentence.
     """
@@ -130,6 +135,7 @@ class GenerationResult:
     view_px: int = 0
     warnings: list[str] = field(default_factory=list)
     frame_count: int = 1
+    distributed: dict[str, Any] | None = None
 
     @property
     def is_video(self) -> bool:
@@ -473,11 +479,14 @@ class SphereDiffPipeline:
         source: str = "",
         revision: str | None = None,
         plan_cache_dir: str | Path | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.adapter = adapter
         self.source = source
         self.revision = revision
         self.plan_cache_dir = plan_cache_dir
+        # Set: this process is one rank of a torchrun job (spherediff_core.distributed).
+        self.dist = dist
 
     @classmethod
     def from_pretrained(
@@ -493,8 +502,12 @@ class SphereDiffPipeline:
         vae_tiling: bool = False,
         vae_slicing: bool = False,
         plan_cache_dir: str | Path | None = None,
+        dist: DistContext | None = None,
     ) -> SphereDiffPipeline:
-        """Detect the family from model_index.json and load the model with diffusers."""
+        """Detect the family from model_index.json and load the model with diffusers.
+
+        ``dist``: this process is one rank of a torchrun job; 'auto'/'cuda' then mean
+        ``cuda:LOCAL_RANK``."""
         import diffusers
         from huggingface_hub import constants as hub_constants
 
@@ -505,6 +518,8 @@ class SphereDiffPipeline:
             skip = tuple(k for k, v in adapter_cls.load_kwargs.items() if v is None)
             check_model_folder(model, index, skip)
         torch_device = resolve_device(device)
+        if dist is not None:
+            torch_device = dist.device(torch_device)
         dtype = resolve_dtype(precision, torch_device, adapter_cls.preferred_half)
         import transformers
 
@@ -550,7 +565,9 @@ class SphereDiffPipeline:
                 component.to(component_dtype)  # diffusers without per-component dtypes
         adapter = adapter_cls(pipe, torch_device, dtype)
         adapter.apply_memory_options(cpu_offload, vae_tiling, vae_slicing)
-        return cls(adapter, source=model, revision=revision, plan_cache_dir=plan_cache_dir)
+        return cls(
+            adapter, source=model, revision=revision, plan_cache_dir=plan_cache_dir, dist=dist
+        )
 
     @torch.no_grad()
     def __call__(
@@ -580,7 +597,7 @@ class SphereDiffPipeline:
         with _timed(timings, "plan"):
             config = plan_config_for(options, adapter.vae_scale_factor, adapter.grid_multiple)
             check_grid_limit(config, options, adapter)
-            plan = load_or_build_plan(config, self.plan_cache_dir, should_cancel)
+            plan = self._plan(config, should_cancel)
 
         # 3. Encode prompts: each distinct prompt once, routed to views by elevation
         with _timed(timings, "encode"):
@@ -621,6 +638,18 @@ class SphereDiffPipeline:
         return result
 
     # --- the steps of __call__ ------------------------------------------------------------
+    def _plan(self, config: PlanConfig, should_cancel: Callable[[], bool] | None) -> SamplingPlan:
+        """The sampling plan; in a distributed run rank 0 builds and caches it while the
+        others wait, then they load it (or, on another machine, build the same plan)."""
+        dist = self.dist
+        if dist is None or dist.is_root:
+            plan = load_or_build_plan(config, self.plan_cache_dir, should_cancel)
+        if dist is not None:
+            dist.barrier()
+            if not dist.is_root:
+                plan = load_or_build_plan(config, self.plan_cache_dir, should_cancel)
+        return plan
+
     def _encode_prompts(
         self, plan: SamplingPlan, options: GenerationOptions, do_cfg: bool
     ) -> tuple[list[PromptEmbedding], PromptEmbedding | None]:
@@ -688,8 +717,10 @@ class SphereDiffPipeline:
         # A video denoiser also gets the frame rate (LTX-Video's rotary embedding uses it).
         extra: dict[str, Any] = {"fps": request.fps} if request.video else {}
 
+        watch = _Stopwatch(adapter.device)
+
         def denoiser(inp):
-            t = time.perf_counter()
+            mark = watch.start()
             # A loop: the model sees the cyclic latents rolled in time (its window then
             # holds the wrap), and its output is rolled back onto the sphere's frames.
             shift = loop_shift(inp.step_index, request.latent_frames) if request.loop else 0
@@ -698,8 +729,7 @@ class SphereDiffPipeline:
             out = adapter.denoise(inp, request.guidance, **extra)
             if shift:
                 out = torch.roll(out, -shift, dims=2)
-            _sync(adapter.device)
-            timings["denoiser"] += time.perf_counter() - t
+            watch.stop(mark)
             return out
 
         # The count shown is the scheduler's real number of denoiser evaluations. A
@@ -727,10 +757,13 @@ class SphereDiffPipeline:
 
         if callback is not None:  # the first view batch may take long: say it has begun
             n_steps = len(scheduler.timesteps)
-            n_batches = math.ceil(run.plan.n_views / max(1, options.view_batch_size))
+            batch = max(1, options.view_batch_size)
+            n_batches = math.ceil(run.plan.n_views / batch)
+            if self.dist is not None:  # this rank's rounds, as sphere_denoise counts them
+                n_batches = self.dist.rounds(run.plan.n_views, batch)
             callback(Progress("denoise", 0, n_steps * n_batches, None, f"step 1/{n_steps}"))
         try:
-            return sphere_denoise(
+            latents = sphere_denoise(
                 denoiser,
                 scheduler,
                 run.plan,
@@ -744,7 +777,10 @@ class SphereDiffPipeline:
                 step_kwargs=step_kwargs,
                 known=known,
                 noise=None if noise is None else noise.to(latents.device),
+                dist=self.dist,
             )
+            timings["denoiser"] += watch.total_s()  # the one wait for the device
+            return latents
         except GenerationCancelled as exc:
             raise CancelledError("generation cancelled") from exc
         except torch.OutOfMemoryError as exc:
@@ -765,7 +801,17 @@ class SphereDiffPipeline:
             return [None]
         c = int(self.adapter.temporal_compression)
         per_frame = 3 * options.height * options.resolved_width
-        per_chunk = max(MIN_CHUNK_LATENTS, CANVAS_BUDGET_VALUES // per_frame // c)
+        budget = CANVAS_BUDGET_VALUES
+        device = self.adapter.device
+        if device.type == "cuda":
+            # The canvas lives on the GPU: at most a quarter of what is free now (the
+            # VAE's activations and a view's samples need the rest), float32 values.
+            # Ranks must cut the clip alike: the smallest GPU decides.
+            free_bytes, _total = torch.cuda.mem_get_info(device)
+            if self.dist is not None:
+                free_bytes = self.dist.min_int(free_bytes)
+            budget = min(budget, free_bytes // 4 // 4)
+        per_chunk = max(MIN_CHUNK_LATENTS, budget // per_frame // c)
         return plan_frame_chunks(
             request.latent_frames,
             c,
@@ -796,11 +842,14 @@ class SphereDiffPipeline:
         if self.adapter.decode_needs_noise:
             noise = self._noise(run.plan, request, generator).to(latents.device, latents.dtype)
         chunks = self._decode_chunks(run)
-        if chunks[0] is not None and frame_sink is None:  # the clip, filled chunk by chunk
+        root = self.dist is None or self.dist.is_root
+        if chunks[0] is not None and frame_sink is None and root:  # the clip, chunk by chunk
             height, width = run.options.height, run.options.resolved_width
             result.frames = torch.empty(request.out_frames, 3, height, width)
         for k, chunk in enumerate(chunks):
             erp = self._decode_chunk(run, latents, noise, chunk, k, len(chunks))
+            if erp is None:  # another rank than 0: its views went into rank 0's canvas
+                continue
             if chunk is None:
                 result.image = erp
                 return
@@ -822,11 +871,19 @@ class SphereDiffPipeline:
         chunk: DecodeChunk | None,
         k: int,
         n_chunks: int,
-    ) -> torch.Tensor:
-        """One canvas: (3, H, W), or (f * 3, H, W) for a chunk of f frames, on the CPU."""
+    ) -> torch.Tensor | None:
+        """One canvas: (3, H, W), or (f * 3, H, W) for a chunk of f frames, on the CPU.
+
+        In a distributed run every rank decodes its share of the views and the canvases
+        are summed onto rank 0; the other ranks get None.
+        """
         adapter, plan, request, options = self.adapter, run.plan, run.request, run.options
-        timings, callback, should_cancel = run.timings, run.callback, run.should_cancel
-        n_views = plan.n_views
+        timings, callback, should_cancel, dist = (
+            run.timings,
+            run.callback,
+            run.should_cancel,
+            self.dist,
+        )
         frames, decoded = 1, 1
         if chunk is not None:
             ids_t = torch.tensor(chunk.latent_ids, device=latents.device)
@@ -846,66 +903,111 @@ class SphereDiffPipeline:
         batch = max(1, options.view_batch_size)
         if chunk is not None:
             batch = self._decode_batch_size(plan, decoded, batch)
+        mine = torch.arange(plan.n_views) if dist is None else dist.shard(plan.n_views)
+        batches = [mine[i : i + batch] for i in range(0, len(mine), batch)]
+        n_rounds = len(batches) if dist is None else dist.rounds(plan.n_views, batch)
+        vae_watch, erp_watch = _Stopwatch(adapter.device), _Stopwatch(adapter.device)
         done, start = 0, time.perf_counter()
-        while done < n_views:
-            if should_cancel is not None and should_cancel():
+        for b in range(n_rounds):
+            stop = should_cancel is not None and should_cancel()
+            if dist is not None:  # one agreed check per round (ranks run equal rounds)
+                stop = dist.any(stop)
+            if stop:
                 raise CancelledError("generation cancelled")
-            ids = torch.arange(done, min(done + batch, n_views))
-            view_latents = gather_views(latents, plan, ids)[:, 0]  # (n, C, [F,] h, w)
-            view_noise = None if noise is None else gather_views(noise, plan, ids)[:, 0]
-            t = time.perf_counter()
+            if b >= len(batches):
+                continue
+            for ids, images in self._decode_views(run, latents, noise, batches[b], vae_watch):
+                if chunk is not None:
+                    if images.dim() != 5 or images.shape[2] != decoded:
+                        raise RuntimeError(
+                            f"the VAE decoded {tuple(images.shape)}; expected "
+                            f"(n, 3, {decoded}, H, W)"
+                        )
+                    images = images[:, :, chunk.offset : chunk.offset + frames]  # no copy
+                mark = erp_watch.start()
+                # One view at a time: blending a big view into a big canvas takes seconds
+                # (and a video view's frames become channels one view at a time).
+                for i in range(len(ids)):
+                    if dist is None and should_cancel is not None and should_cancel():
+                        raise CancelledError("generation cancelled")
+                    image = images[i : i + 1]
+                    if chunk is not None:
+                        image = _frames_as_channels(image, frames)
+                    canvas.add(image, ids[i : i + 1])
+                del images
+                erp_watch.stop(mark)
+                done += len(ids)
+            if callback is not None:
+                n_mine = len(mine)
+                elapsed = time.perf_counter() - start
+                eta = elapsed * ((n_chunks - k) * n_mine - done) / done
+                what = f"views {done}/{n_mine}"
+                if chunk is not None:
+                    last = chunk.start + frames
+                    what += f", frames {chunk.start + 1}-{last} of {request.out_frames}"
+                callback(Progress("decode", k * n_mine + done, n_chunks * n_mine, eta, what))
+        timings["vae"] += vae_watch.total_s()
+        timings["erp"] += erp_watch.total_s()
+        t = time.perf_counter()
+        if dist is not None:
+            dist.sum_to_root_(canvas.numerator, canvas.weight)
+            if not dist.is_root:
+                return None
+        # The canvas stays on the device until here: one copy to the host.
+        erp = canvas.result().clamp_(0, 1).cpu()
+        timings["erp"] += time.perf_counter() - t
+        return erp
+
+    def _decode_views(
+        self,
+        run: _Run,
+        latents: torch.Tensor,
+        noise: torch.Tensor | None,
+        ids: torch.Tensor,
+        watch: _Stopwatch,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Decode the views ``ids``: yields (view ids, images (n, 3, H, W) or
+        (n, 3, F, H, W)), the whole batch at once. Out of device memory, the VAE's tiling
+        and slicing are turned on and the views are decoded, and yielded to be blended,
+        one at a time (for the rest of this generation's decoding)."""
+        adapter, options, request, plan = self.adapter, run.options, run.request, run.plan
+        view_latents = gather_views(latents, plan, ids)[:, 0]  # (n, C, [F,] h, w)
+        view_noise = None if noise is None else gather_views(noise, plan, ids)[:, 0]
+
+        def decode(i: int, j: int) -> torch.Tensor:
+            mark = watch.start()
+            if view_noise is None:
+                images = adapter.decode(view_latents[i:j])
+            else:
+                images = adapter.decode(view_latents[i:j], view_noise[i:j])
+            watch.stop(mark)
+            return images
+
+        if not run.one_view_at_a_time:
             try:
-                if view_noise is None:
-                    images = adapter.decode(view_latents)
-                else:
-                    images = adapter.decode(view_latents, view_noise)
-                _sync(adapter.device)
+                images = decode(0, len(ids))
             except torch.OutOfMemoryError as exc:
                 savers = adapter.enable_vae_memory_savers()
-                if not savers and batch == 1:
+                if not savers and len(ids) == 1:
                     raise _oom(options, request) from exc
                 logger.warning(
                     "out of memory decoding %d view(s); retrying one view at a time%s",
                     len(ids),
                     " with VAE tiling and slicing" if savers else "",
                 )
-                batch = 1
+                run.one_view_at_a_time = True
                 if adapter.device.type == "cuda":
                     torch.cuda.empty_cache()
-                continue
-            timings["vae"] += time.perf_counter() - t
-            if chunk is not None:
-                if images.dim() != 5 or images.shape[2] != decoded:
-                    raise RuntimeError(
-                        f"the VAE decoded {tuple(images.shape)}; expected (n, 3, {decoded}, H, W)"
-                    )
-                images = images[:, :, chunk.offset : chunk.offset + frames]  # a view, no copy
-            t = time.perf_counter()
-            # One view at a time: blending a big view into a big canvas takes seconds (and
-            # a video view's frames become channels one view at a time).
-            for i in range(len(ids)):
-                if should_cancel is not None and should_cancel():
-                    raise CancelledError("generation cancelled")
-                image = images[i : i + 1]
-                if chunk is not None:
-                    image = _frames_as_channels(image, frames)
-                canvas.add(image, ids[i : i + 1])
+            else:
+                yield ids, images
+                return
+        for i in range(len(ids)):
+            try:
+                images = decode(i, i + 1)
+            except torch.OutOfMemoryError as exc:
+                raise _oom(options, request) from exc
+            yield ids[i : i + 1], images
             del images
-            _sync(adapter.device)
-            timings["erp"] += time.perf_counter() - t
-            done += len(ids)
-            if callback is not None:
-                elapsed = time.perf_counter() - start
-                eta = elapsed * ((n_chunks - k) * n_views - done) / done
-                what = f"views {done}/{n_views}"
-                if chunk is not None:
-                    last = chunk.start + frames
-                    what += f", frames {chunk.start + 1}-{last} of {request.out_frames}"
-                callback(Progress("decode", k * n_views + done, n_chunks * n_views, eta, what))
-        t = time.perf_counter()
-        erp = canvas.result().clamp_(0, 1).cpu()
-        timings["erp"] += time.perf_counter() - t
-        return erp
 
     def _result(self, run: _Run) -> GenerationResult:
         """The result before decoding: options used, model, sphere and views (the image
@@ -933,6 +1035,7 @@ class SphereDiffPipeline:
             view_px=plan.grid_size[1] * adapter.vae_scale_factor,
             warnings=list(run.warnings),
             frame_count=request.out_frames if request.video else 1,
+            distributed=None if self.dist is None else self.dist.describe(plan.n_views),
         )
 
 
@@ -947,6 +1050,7 @@ class _Run:
     callback: Callable[[Progress], None] | None
     should_cancel: Callable[[], bool] | None
     warnings: list[str] = field(default_factory=list)
+    one_view_at_a_time: bool = False  # set when the VAE ran out of device memory
 
 
 def _load_error(model: str, exc: BaseException) -> Exception:
@@ -1006,9 +1110,46 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _Stopwatch:
+    """Time spent in many calls on a device, without making the host wait after each.
+
+    On a GPU every call is bracketed by CUDA events and the total read once at the end
+    (one synchronisation instead of one per view batch, so the GPU never idles while the
+    host waits); elsewhere it is the wall time of the calls.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._pairs: list[tuple[Any, Any]] = []
+        self._seconds = 0.0
+
+    def _event(self) -> Any:
+        """An event recorded on the generation's GPU (not the current device's stream)."""
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def start(self) -> Any:
+        if self.cuda:
+            return self._event()
+        return time.perf_counter()
+
+    def stop(self, mark: Any) -> None:
+        if self.cuda:
+            end = self._event()
+            self._pairs.append((mark, end))
+        else:
+            self._seconds += time.perf_counter() - mark
+
+    def total_s(self) -> float:
+        """Seconds so far (waits for the device once); the stopwatch then restarts at 0."""
+        if self._pairs:
+            self._pairs[-1][1].synchronize()
+            self._seconds += sum(a.elapsed_time(b) for a, b in self._pairs) / 1000.0
+            self._pairs.clear()
+        seconds, self._seconds = self._seconds, 0.0
+        return seconds
 
 
 def _oom(options: GenerationOptions, request: Request | None = None) -> OutOfMemoryError:

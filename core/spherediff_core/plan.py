@@ -255,11 +255,18 @@ def _inner_cells(h: int, w: int, ring: torch.Tensor) -> torch.Tensor:
     di = (torch.arange(h, dtype=torch.float64)[:, None] - cy).expand(h, w)
     dj = (torch.arange(w, dtype=torch.float64)[None, :] - cx).expand(h, w)
     rho = torch.maximum(di.abs() * s / h, dj.abs() * s / w)
-    # Scale the offset from the centre down by one ring (the same Chebyshev radius as rings).
+    # Scale the offset from the centre down by one ring (the same Chebyshev radius as rings),
+    # rounding halves towards the centre so that the cell found is never further out.
     shrink = ((rho - 1.0) / rho.clamp_min(1e-9)).clamp_min(0.0)
-    ii = torch.floor(cy + di * shrink + 0.5).clamp(0, h - 1).to(torch.int64)
-    jj = torch.floor(cx + dj * shrink + 0.5).clamp(0, w - 1).to(torch.int64)
-    inner = (ii * w + jj).reshape(-1)
+
+    def towards_centre(offset: torch.Tensor, centre: float, size: int) -> torch.Tensor:
+        x = centre + offset * shrink
+        index = torch.floor(x + 0.5)
+        tie = ((x - torch.floor(x)) - 0.5).abs() < 1e-9
+        index = torch.where(tie & (offset > 0), torch.floor(x), index)
+        return index.clamp(0, size - 1).to(torch.int64)
+
+    inner = (towards_centre(di, cy, h) * w + towards_centre(dj, cx, w)).reshape(-1)
     return torch.where(ring[inner] < ring, inner, torch.full_like(inner, -1))
 
 
@@ -348,26 +355,35 @@ def _assign_dynamic(
         """(3, *index.shape): the columns ``index`` of a (3, n) table."""
         return table.index_select(1, index.reshape(-1)).reshape(3, *index.shape)
 
+    def dots(vectors: torch.Tensor, with_: torch.Tensor) -> torch.Tensor:
+        """(P, k) dot products of (3, P, k) vectors with (3, P) ones (3x faster than einsum)."""
+        out = vectors[0] * with_[0, :, None]
+        out = torch.addcmul(out, vectors[1], with_[1, :, None])
+        return torch.addcmul(out, vectors[2], with_[2, :, None])
+
     for r in range(int(ring.max()) + 1):
         cells = torch.nonzero(ring == r).squeeze(1)
         view = torch.arange(n_views).repeat_interleave(cells.numel())
         slot = view * n_cells + cells.repeat(n_views)  # index into out and rays_t
         ray = cols(rays_t, slot)  # (3, P)
-        if r == 0:
+        inner_cells = inner.index_select(0, cells).repeat(n_views)
+        if bool((inner_cells < 0).any()):  # the centre ring (no cell further in)
             target, kk = ray, k
             _, c = _query(tree, ray.T.to(torch.float64).numpy(), kk, should_cancel)
             cand = torch.from_numpy(c).to(torch.int64).reshape(-1, kk)
         else:
-            inner_slot = view * n_cells + inner.index_select(0, cells).repeat(n_views)
+            inner_slot = view * n_cells + inner_cells
             near = _rows(out, inner_slot)
             target = ray + cols(points_t, near) - cols(rays_t, inner_slot)
             hop = torch.cat([near[:, None], _rows(neighbours, near)], dim=1)
-            best = torch.einsum("cpk,cp->pk", cols(points_t, hop), target).argmax(1, keepdim=True)
+            best = dots(cols(points_t, hop), target).argmax(1, keepdim=True)
             near = hop.gather(1, best).squeeze(1)
             cand = torch.cat([near[:, None], _rows(neighbours, near)], dim=1)
             kk = 2  # the first widening asks the tree for 8
         while True:
-            dist = 1.0 - torch.einsum("cpk,cp->pk", cols(points_t, cand), ray)
+            # Half the squared chord, 1 - cos: in float32 its resolution (6e-8) is under
+            # 1 % of a neighbour's distance up to 1,000,000 points (what ranks candidates).
+            dist = 1.0 - dots(cols(points_t, cand), ray)
             dist, order = dist.sort(dim=1)
             pair = (view * n_points)[:, None] + cand.gather(1, order)
             chosen = _match_nearest_first(pair, dist, used, should_cancel)

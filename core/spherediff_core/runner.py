@@ -535,11 +535,19 @@ def generate(
     on_progress: Callable[[ProgressEvent], None] | None = None,
     should_cancel: CancelToken | None = None,
     plan_cache_dir: str | Path | None = None,
-) -> Outcome:
-    """Load the model, generate, write the PNG and sidecar; raise a SphereDiffError."""
+    dist: Any = None,
+) -> Outcome | None:
+    """Load the model, generate, write the PNG and sidecar; raise a SphereDiffError.
+
+    ``dist``: this process is one rank of a torchrun job
+    (:class:`spherediff_core.distributed.DistContext`). Every rank loads the model and
+    shares the views; rank 0 alone reports progress, writes the files and returns the
+    Outcome, the others return None.
+    """
     t_start = time.perf_counter()
     token = should_cancel or CancelToken()
-    report = on_progress or (lambda p: None)
+    root = dist is None or dist.is_root
+    report = (on_progress if root else None) or (lambda p: None)
     check_options(options)
     prepare_environment(options.offline)
     token.check()
@@ -571,12 +579,16 @@ def generate(
             vae_tiling=options.vae_tiling,
             vae_slicing=options.vae_slicing,
             plan_cache_dir=plan_cache_dir,
+            dist=dist,
         )
     load_s = time.perf_counter() - t0
     report(ProgressEvent("load", 1, 1, None, "model loaded"))
     token.check()
 
     # A video: denoise, then decode and write a chunk of frames at a time
+    if not root:  # another rank: its share of the views, nothing written here
+        pipe(options, should_cancel=token)
+        return None
     if pipe.adapter.is_video:
         return _generate_video(pipe, options, load_s, t_start, report, token)
 

@@ -409,6 +409,7 @@ def _discard_outcome(outcome: Any) -> None:
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the worker; returns the exit code (see docs/worker-protocol.md)."""
+    from .distributed import check_device, init_from_env, launched
     from .runner import (
         CancelToken,
         describe_error,
@@ -419,7 +420,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     _configure_logging()
     token = CancelToken()
-    events = EventWriter(_claim_stdout())
+    # Under torchrun (several GPUs) rank 0 alone speaks the protocol: the other ranks'
+    # events go nowhere, and they never read standard input (rank 0 shares the job).
+    rank = int(os.environ.get("RANK", "0")) if launched() else 0
+    stream = _claim_stdout()
+    if rank != 0:
+        stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+        logging.getLogger().setLevel(logging.ERROR)  # rank 0 says what there is to say
+    events = EventWriter(stream)
     stopping = _Stopping(token, events)
     events.on_broken = lambda: stopping.request(
         "the event stream's reader went away", orphaned=True
@@ -434,6 +442,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # Held from the start of the write phase until the final event is sent: the stop
     # deadline never cuts the writing or placing of files, nor the discarding of them.
     writing = contextlib.ExitStack()
+    dist = None
     args_error = None
     client = os.environ.get(CLIENT_ENV, "worker")
     if client not in CLIENTS:
@@ -464,16 +473,42 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             on_eof = lambda: stopping.request(  # noqa: E731
                 "standard input closed: the client is gone", orphaned=True
             )
-        stdin = _LineReader(0)
-        data = _read_job(args, stdin)
-        threading.Thread(
-            target=_watch_stdin, args=(stdin, stopping, on_eof), name="stdin-cancel", daemon=True
-        ).start()
+        if launched():
+            # torchrun's agent is every rank's parent: a killed agent (SIGKILL cannot be
+            # forwarded) must not leave ranks holding the GPUs.
+            lifecycle.ParentWatch(
+                os.getppid(), lambda why: stopping.request(why, orphaned=True)
+            ).start()
+            dist = init_from_env("auto")
+        if dist is None or dist.is_root:
+            stdin = _LineReader(0)
+            try:
+                data = _read_job(args, stdin)
+            except BadInputError:
+                if dist is not None:
+                    dist.broadcast_text(None)  # the other ranks stop quietly
+                raise
+            if dist is not None:
+                dist.broadcast_text(json.dumps(data))
+            threading.Thread(
+                target=_watch_stdin,
+                args=(stdin, stopping, on_eof),
+                name="stdin-cancel",
+                daemon=True,
+            ).start()
+        else:
+            text = dist.broadcast_text(None)
+            if text is None:  # rank 0 could not read a job and reports it
+                return EXIT_OK  # (a failure code would make torchrun cut rank 0 short)
+            data = json.loads(text)
         try:
             options, plan_cache_dir = parse_job(data)
         except OptionsError as exc:
             raise BadInputError(str(exc)) from exc
-        stopping.staging = _staging_dir(data, options)
+        if dist is not None:
+            check_device(options.device)
+        if dist is None or dist.is_root:  # the client's staging folder is rank 0's to clear
+            stopping.staging = _staging_dir(data, options)
         logger.info("job: %s, %s px, seed %d", options.model, options.resolved_width, options.seed)
         throttle = ProgressThrottle(events)
         in_write: list[bool] = []
@@ -489,7 +524,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             on_progress=on_progress,
             should_cancel=token,
             plan_cache_dir=plan_cache_dir,
+            dist=dist,
         )
+        if outcome is None:  # a rank other than 0: rank 0 reports the result
+            stopping.deadline.settle(EXIT_OK)
+            return EXIT_OK
         if stopping.orphaned and stopping.staging is not None:
             _discard_outcome(outcome)  # in the client's staging folder: nobody will take it
             token.check()
@@ -523,6 +562,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         report = describe_error(exc, token.reason, client)
+        if dist is not None and not dist.is_root and report.code == "cancelled":
+            # Stopped with the others: exit as done, so torchrun does not tear down rank 0
+            # while it removes its partial files and reports the cancel.
+            stopping.deadline.settle(EXIT_OK)
+            return EXIT_OK
         if report.code == "internal":
             logger.error("%s\n%s", report.message, report.traceback)
         else:
@@ -537,6 +581,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return report.exit_code
     finally:
         writing.close()
+        if dist is not None:
+            dist.close()
 
 
 def run() -> None:

@@ -40,6 +40,10 @@ extend     Extend Image (fake_plate_worker.py: the World a known image implies):
 arguments  a script's values: out of range, NUL characters, contradicting size and
            width; refused by name before any worker starts (recording_worker.py sees
            the jobs that get through), never clamped or cut.
+gpus       the GPUs preferences: the worker's argv and CUDA_VISIBLE_DEVICES for one GPU
+           (as before), several (torchrun) and listed GPU ids, from the pure function and
+           through the operator (recording_worker.py records how it was started); bad
+           settings refused by name before any worker starts.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ def parse_args() -> argparse.Namespace:
             "files",
             "hdr",
             "extend",
+            "gpus",
         ],
     )
     p.add_argument("--zip", required=True)
@@ -988,6 +993,135 @@ def scenario_arguments(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+# GPUs preferences -> (processes, CUDA_VISIBLE_DEVICES) or the refusal, for the pure
+# function (worker_client.plan_gpus + launch_command) and through the operator.
+GPU_CASES = {
+    "one": (1, "", "auto"),
+    "one_cpu": (1, "", "cpu"),
+    "four": (4, "", "auto"),
+    "four_cuda": (4, "", "cuda"),
+    "ids_0_2": (4, "0,2", "auto"),  # the ids decide: 2 processes
+    "ids_spaced": (1, " 3, 1 ", "cuda"),
+    "one_id": (1, "1", "auto"),
+    "bad_id_letter": (1, "0,x", "auto"),
+    "bad_id_empty": (1, "0,,1", "auto"),
+    "bad_id_negative": (1, "-1", "auto"),
+    "bad_id_cuda_name": (1, "cuda:1", "auto"),
+    "duplicate_ids": (1, "0,1,0", "auto"),
+    "several_cpu": (4, "", "cpu"),
+    "several_mps": (2, "", "mps"),
+    "ids_cpu": (1, "0,1", "cpu"),
+}
+GPU_PURE_ONLY = {  # values the preferences cannot hold (they clamp to 1..64)
+    "zero": (0, "", "auto"),
+    "too_many": (65, "", "auto"),
+    "job_device_cuda_1": (2, "", "cuda:1"),
+}
+
+
+def scenario_gpus(args, out: dict) -> None:
+    """GPUs and GPU IDs: the worker's argv and environment, or a refusal by name."""
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    sub = sys.modules[SUB]
+    wc = sub.worker_client
+    prefs = bpy.context.preferences.addons[PKG].preferences
+
+    # The preferences' own properties: descriptions, defaults, limits.
+    base_props = set(bpy.types.AddonPreferences.bl_rna.properties.keys())
+    rna = prefs.bl_rna.properties
+    out["descriptions"] = {
+        p.identifier: p.description for p in rna if p.identifier not in base_props
+    }
+    count = rna["gpu_count"]
+    out["gpu_count_prop"] = {
+        "name": count.name,
+        "type": count.type,
+        "default": count.default,
+        "hard": [count.hard_min, count.hard_max],
+        "soft": [count.soft_min, count.soft_max],
+    }
+    out["gpu_ids_prop"] = {
+        "name": rna["gpu_ids"].name,
+        "type": rna["gpu_ids"].type,
+        "default": rna["gpu_ids"].default,
+    }
+    out["values_default"] = [prefs.gpu_count, prefs.gpu_ids, prefs.device]
+    prefs.gpu_count = 0
+    low = prefs.gpu_count
+    prefs.gpu_count = 1000
+    out["gpu_count_clamped"] = [low, prefs.gpu_count]
+    prefs.gpu_count = 1
+
+    # The pure function: plan_gpus + launch_command.
+    def plan(gpu_count, gpu_ids, device) -> dict:
+        try:
+            gpus = wc.plan_gpus(gpu_count, gpu_ids, device)
+        except wc.LaunchError as exc:
+            return {"error": str(exc)}
+        argv, env = wc.launch_command("/x/python", ["--parent-pid", "7"], gpus, {"BASE": "1"})
+        return {
+            "processes": gpus.processes,
+            "visible": gpus.visible_devices,
+            "argv": argv,
+            "env": env,
+        }
+
+    out["plans"] = {name: plan(*case) for name, case in {**GPU_CASES, **GPU_PURE_ONLY}.items()}
+    out["worker_argv"] = wc.worker_argv("/x/python", "--parent-pid", "7")  # as it always was
+    out["bootstrap"] = wc.python_argv("/x/python", "torch.distributed.run")[:3]
+    one, _ = wc.launch_command("/x/python", ["--hello"])
+    out["default_launch"] = one
+
+    # Through the operator: recording_worker.py writes down its argv and environment.
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    log, launches = work / "jobs.jsonl", work / "launches.jsonl"
+    log.touch()
+    launches.touch()
+    worker = work / "recording-python"
+    worker.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "recording_worker.py"}" "$@"\n',
+        encoding="utf-8",
+    )
+    worker.chmod(0o755)
+    os.environ["SPHEREDIFF_PYTHON"] = str(worker)
+    os.environ["RECORDING_WORKER_LOG"] = str(log)
+    os.environ["RECORDING_WORKER_LAUNCH_LOG"] = str(launches)
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # only the add-on may set it here
+    s = scene.spherediff
+    s.prompt = "a stormy sky over the sea"
+    s.model_preset = "SD15"  # never loaded: the recording worker only writes the job down
+    s.size = "2K"
+
+    def files() -> list[str]:
+        skip = {"scene.blend", "jobs.jsonl", "launches.jsonl", "recording-python"}
+        return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.name not in skip)
+
+    calls, drawn = {}, {}
+    for name, (gpu_count, gpu_ids, device) in GPU_CASES.items():
+        prefs.gpu_count, prefs.gpu_ids, prefs.device = gpu_count, gpu_ids, device
+        log_, problems = [], []
+        type(prefs).draw(PanelProxy(prefs, UIRecorder(log_, problems)), bpy.context)
+        drawn[name] = {"log": log_, "problems": problems}
+        before = len(launches.read_text(encoding="utf-8").splitlines())
+        files_before = files()
+        res = call_generate()
+        res["launches"] = [
+            json.loads(x) for x in launches.read_text(encoding="utf-8").splitlines()[before:]
+        ]
+        res["new_files"] = sorted(set(files()) - set(files_before))
+        res["staging"] = staging_leftovers()
+        calls[name] = res
+    prefs.gpu_count, prefs.gpu_ids, prefs.device = 1, "", "auto"
+    out["calls"] = calls
+    out["drawn"] = drawn
+    out["pid"] = os.getpid()
+    out["end"] = {"children": child_processes(), "staging": staging_leftovers()}
+    bpy.ops.preferences.addon_disable(module=PKG)
+
+
 def saved_result(work: Path, first_frame_or_image: str) -> dict:
     """What a generation saved under //spherediff/: its files and its sidecar."""
     path = Path(bpy.path.abspath(first_frame_or_image))
@@ -1529,6 +1663,7 @@ def main() -> int:
             "files": scenario_files,
             "hdr": scenario_hdr,
             "extend": scenario_extend,
+            "gpus": scenario_gpus,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

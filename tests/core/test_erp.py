@@ -68,3 +68,22 @@ def test_erp_canvas_blends_video_frames_like_one_erp_per_frame():
     blended = canvas.result().reshape(n_frames, 3, 32, 64)
     for f in range(n_frames):
         assert torch.equal(blended[f], views_to_erp(video[:, :, f], frames, lay.fov_deg, 32, 64))
+
+
+def test_the_gpu_way_of_blending_gives_the_cpu_result():
+    """On a GPU a view's whole band is blended with weight 0 outside the view (no host
+    wait per view); on the CPU the inside pixels are selected first. Same canvas."""
+    lay = g.default_view_layout()
+    frames = lay.frames()
+    erp = ground_truth_erp(96, 192)
+    views = erp_to_views(erp, frames, lay.fov_deg, 40, 40)
+    canvases = []
+    for compact in (True, False):
+        canvas = ErpCanvas(frames, lay.fov_deg, 96, 192, 3)
+        canvas.compact = compact
+        for start in range(0, lay.n_views, 16):
+            ids = torch.arange(start, min(start + 16, lay.n_views))
+            canvas.add(views[ids], ids)
+        canvases.append(canvas.result())
+    assert torch.allclose(canvases[0], canvases[1], atol=1e-5)
+    assert psnr(canvases[1], erp) > 40

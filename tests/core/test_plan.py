@@ -117,3 +117,14 @@ def test_plan_build_stops_when_cancelled_in_the_assignment():
 
     with pytest.raises(CancelledError):
         build_plan(PlanConfig(n_points=26_500), should_cancel)
+
+
+@pytest.mark.parametrize(("h", "w"), [(3, 6), (8, 16), (16, 32), (20, 9), (5, 17)])
+def test_non_square_grids_get_distinct_points(h, w):
+    """Elongated grids: some outer cells have no cell one ring further in (their ring is
+    then matched around the cells' own rays); every view still reads distinct points."""
+    plan = build_plan(PlanConfig(n_points=20_000, grid_height=h, grid_width=w))
+    assert plan.indices.shape == (plan.n_views, h * w)
+    for v in range(plan.n_views):
+        assert plan.indices[v].unique().numel() == h * w
+    assert regularity_report(plan)["centre_half"] <= 0.6

@@ -20,7 +20,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
-__all__ = ["REPO", "WorkerProcess", "engine_env", "run_cli", "run_worker"]
+__all__ = ["REPO", "WorkerProcess", "engine_env", "run_cli", "run_worker", "torchrun"]
 
 
 def engine_env(cache: Path) -> dict[str, str]:
@@ -54,17 +54,36 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120, **kw: An
     )
 
 
-class WorkerProcess:
-    """A worker subprocess whose stdout events are read by a thread into a queue."""
+def torchrun(n_procs: int) -> list[str]:
+    """The argv prefix that starts ``-m MODULE`` as n_procs ranks on this machine."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={n_procs}",
+    ]
 
-    def __init__(self, args: list[str], env: dict[str, str], stderr_path: Path) -> None:
+
+class WorkerProcess:
+    """A worker subprocess whose stdout events are read by a thread into a queue.
+
+    ``launcher``: an argv prefix such as :func:`torchrun` (default: this Python)."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        stderr_path: Path,
+        launcher: list[str] | None = None,
+    ) -> None:
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in wait()
         self.stderr_path = stderr_path
         kwargs: dict[str, Any] = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spherediff_core.worker", *args],
+            [*(launcher or [sys.executable]), "-m", "spherediff_core.worker", *args],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -134,9 +153,11 @@ def run_worker(
     tmp: Path,
     job: dict[str, Any] | str | None = None,
     timeout: float = 120,
+    launcher: list[str] | None = None,
 ) -> tuple[int, list[dict[str, Any]], WorkerProcess]:
     """Run a worker to the end: (exit code, events, process)."""
-    worker = WorkerProcess(args, env, tmp / f"worker-stderr-{time.monotonic_ns()}.txt")
+    stderr_path = tmp / f"worker-stderr-{time.monotonic_ns()}.txt"
+    worker = WorkerProcess(args, env, stderr_path, launcher)
     if job is not None:
         worker.send(job if isinstance(job, str) else json.dumps(job))
     worker.close_stdin()
