@@ -33,6 +33,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -152,14 +153,17 @@ def parse_gpu_ids(text: str) -> list[int]:
     return ids
 
 
-def plan_gpus(gpu_count: int = 1, gpu_ids: str = "", device: str = "auto") -> GpuPlan:
+def plan_gpus(
+    gpu_count: int = 1, gpu_ids: str = "", device: str = "auto", platform: str = sys.platform
+) -> GpuPlan:
     """The worker processes for the GPUs preferences (``gpu_count``, ``gpu_ids``) and the
     job's ``device``. Raises :class:`LaunchError`, naming the bad value and the fix.
 
     ``gpu_ids`` (e.g. ``"0,1,3"``), when given, decides: one process per id, and it sets
     ``CUDA_VISIBLE_DEVICES``; empty: ``gpu_count`` processes on the first GPUs. Several
     processes need the job's device ``auto`` or ``cuda`` (each picks cuda:LOCAL_RANK),
-    never a particular ``cuda:1``, ``mps`` or ``cpu``.
+    never a particular ``cuda:1``, ``mps`` or ``cpu``; and Linux (``platform``), where
+    PyTorch has NCCL, the library the GPUs share their work through.
     """
     ids = parse_gpu_ids(gpu_ids)
     device = str(device or "auto")
@@ -169,6 +173,8 @@ def plan_gpus(gpu_count: int = 1, gpu_ids: str = "", device: str = "auto") -> Gp
                 f"GPU ids {gpu_ids.strip()!r} need device auto or cuda, not {device!r}: "
                 "set Device to Automatic or CUDA, or clear GPU IDs"
             )
+        if len(ids) > 1:
+            _check_multi_gpu_platform(f"GPU ids {gpu_ids.strip()!r}", platform)
         return GpuPlan(len(ids), ",".join(map(str, ids)))
     if isinstance(gpu_count, bool) or not isinstance(gpu_count, int):
         raise LaunchError(f"GPUs {gpu_count!r}: use a whole number from 1 to {MAX_GPUS}")
@@ -179,7 +185,17 @@ def plan_gpus(gpu_count: int = 1, gpu_ids: str = "", device: str = "auto") -> Gp
             f"GPUs {gpu_count} with device {device!r}: several GPUs need device auto or "
             "cuda; set Device to Automatic or CUDA, or GPUs to 1"
         )
+    if gpu_count > 1:
+        _check_multi_gpu_platform(f"GPUs {gpu_count}", platform)
     return GpuPlan(gpu_count, None)
+
+
+def _check_multi_gpu_platform(what: str, platform: str) -> None:
+    if not platform.startswith("linux"):
+        raise LaunchError(
+            f"{what}: several GPUs work on Linux only (PyTorch's NCCL, which they share "
+            f"the work through, is not built for {platform}); set GPUs to 1"
+        )
 
 
 def launch_command(

@@ -1016,6 +1016,8 @@ GPU_PURE_ONLY = {  # values the preferences cannot hold (they clamp to 1..64)
     "zero": (0, "", "auto"),
     "too_many": (65, "", "auto"),
     "job_device_cuda_1": (2, "", "cuda:1"),
+    "several_on_windows": (2, "", "auto", "win32"),
+    "ids_on_macos": (1, "0,1", "cuda", "darwin"),
 }
 
 
@@ -1055,9 +1057,9 @@ def scenario_gpus(args, out: dict) -> None:
     prefs.gpu_count = 1
 
     # The pure function: plan_gpus + launch_command.
-    def plan(gpu_count, gpu_ids, device) -> dict:
+    def plan(gpu_count, gpu_ids, device, platform="linux") -> dict:
         try:
-            gpus = wc.plan_gpus(gpu_count, gpu_ids, device)
+            gpus = wc.plan_gpus(gpu_count, gpu_ids, device, platform)
         except wc.LaunchError as exc:
             return {"error": str(exc)}
         argv, env = wc.launch_command("/x/python", ["--parent-pid", "7"], gpus, {"BASE": "1"})

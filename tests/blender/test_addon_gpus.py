@@ -44,6 +44,8 @@ PURE_REFUSED = {
     "zero": ("GPUs 0", "1 to 64"),
     "too_many": ("GPUs 65", "1 to 64"),
     "job_device_cuda_1": ("'cuda:1'", "several GPUs need device auto or cuda"),
+    "several_on_windows": ("GPUs 2", "Linux only", "win32", "GPUs to 1"),
+    "ids_on_macos": ("GPU ids '0,1'", "Linux only", "darwin"),
 }
 
 
