@@ -177,7 +177,7 @@ class DistContext:
             buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         if n:
             self._run("sharing the job", tdist.broadcast, buf, 0)
-        return bytes(buf.tolist()).decode("utf-8") if not self.is_root else text
+        return text if self.is_root else buf.numpy().tobytes().decode("utf-8")
 
     def device(self, device: torch.device) -> torch.device:
         """The device this rank computes on: ``cuda`` becomes ``cuda:LOCAL_RANK``."""

@@ -878,12 +878,8 @@ class SphereDiffPipeline:
         are summed onto rank 0; the other ranks get None.
         """
         adapter, plan, request, options = self.adapter, run.plan, run.request, run.options
-        timings, callback, should_cancel, dist = (
-            run.timings,
-            run.callback,
-            run.should_cancel,
-            self.dist,
-        )
+        timings, callback, should_cancel = run.timings, run.callback, run.should_cancel
+        dist = self.dist
         frames, decoded = 1, 1
         if chunk is not None:
             ids_t = torch.tensor(chunk.latent_ids, device=latents.device)

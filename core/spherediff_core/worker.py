@@ -423,8 +423,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # Under torchrun (several GPUs) rank 0 alone speaks the protocol: the other ranks'
     # events go nowhere, and they never read standard input (rank 0 shares the job).
     rank = int(os.environ.get("RANK", "0")) if launched() else 0
-    stream = _claim_stdout()
+    stream = _claim_stdout()  # on every rank: stray prints go to standard error
     if rank != 0:
+        stream.close()
         stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
         logging.getLogger().setLevel(logging.ERROR)  # rank 0 says what there is to say
     events = EventWriter(stream)

@@ -897,6 +897,19 @@ def scenario_video(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+def use_recording_worker(work: Path, log: Path) -> None:
+    """Make the add-on start recording_worker.py (it writes each job down to ``log``) as
+    its worker, run by the bpy interpreter's own Python: it needs no engine."""
+    worker = work / "recording-python"
+    worker.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "recording_worker.py"}" "$@"\n',
+        encoding="utf-8",
+    )
+    worker.chmod(0o755)
+    os.environ["SPHEREDIFF_PYTHON"] = str(worker)
+    os.environ["RECORDING_WORKER_LOG"] = str(log)
+
+
 def scenario_arguments(args, out: dict) -> None:
     """A script's values reach the worker as passed, or are refused by name."""
     work = Path(args.work)
@@ -907,15 +920,7 @@ def scenario_arguments(args, out: dict) -> None:
     bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
     log = work / "jobs.jsonl"
     log.touch()
-    worker = work / "recording-python"
-    worker.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "recording_worker.py"}" "$@"\n',
-        encoding="utf-8",
-    )
-    worker.chmod(0o755)
-    # The recording worker runs under the bpy interpreter's own Python: it needs no engine.
-    os.environ["SPHEREDIFF_PYTHON"] = str(worker)
-    os.environ["RECORDING_WORKER_LOG"] = str(log)
+    use_recording_worker(work, log)
     s = scene.spherediff
     s.prompt = "a stormy sky over the sea"
     s.model_preset = "SD15"  # never loaded: the recording worker only writes the job down
@@ -1082,14 +1087,7 @@ def scenario_gpus(args, out: dict) -> None:
     log, launches = work / "jobs.jsonl", work / "launches.jsonl"
     log.touch()
     launches.touch()
-    worker = work / "recording-python"
-    worker.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "recording_worker.py"}" "$@"\n',
-        encoding="utf-8",
-    )
-    worker.chmod(0o755)
-    os.environ["SPHEREDIFF_PYTHON"] = str(worker)
-    os.environ["RECORDING_WORKER_LOG"] = str(log)
+    use_recording_worker(work, log)
     os.environ["RECORDING_WORKER_LAUNCH_LOG"] = str(launches)
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # only the add-on may set it here
     s = scene.spherediff
