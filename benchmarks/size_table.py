@@ -24,48 +24,47 @@ for _path in (ROOT / "core", ROOT):
 
 
 def rows(preset: str | None = None) -> list[dict]:
-    from spherediff_core.adapters import ADAPTERS, FluxAdapter
+    from spherediff_core.adapters import ADAPTERS
+
+    return [_row(a, model, preset) for a in ADAPTERS for model in a.released_models()]
+
+
+def _row(adapter, model, preset: str | None) -> dict:
+    """One released model's row. A model whose VAE or training size differs from its
+    family's class defaults (Wan 2.2 TI2V-5B) is read through a subclass with its values,
+    as a loaded adapter replaces them."""
     from spherediff_core.options import GenerationOptions
     from spherediff_core.pipeline import plan_config_for, resolve_size, size_advice
 
-    # (name, adapter, steps, CFG on): FLUX.1 is guidance-distilled (no negative pass);
-    # schnell's defaults are set when a model without a guidance embedding loads.
-    models = []
-    for adapter in ADAPTERS:
-        if adapter is FluxAdapter:
-            models.append(("flux (FLUX.1-dev)", adapter, adapter.default_steps, False))
-            models.append(("flux (FLUX.1-schnell)", adapter, adapter.schnell_steps, False))
-            continue
-        name = adapter.display_name or adapter.family
-        models.append((name, adapter, adapter.default_steps, adapter.default_guidance > 1.0))
-    out = []
-    for name, adapter, steps, cfg in models:
-        options = GenerationOptions(prompt="x", size=preset)
-        options = resolve_size(options, adapter)
-        config = plan_config_for(options, adapter.typical_vae_scale_factor, adapter.grid_multiple)
-        views = config.layout().n_views
-        per_step = views * (2 if cfg else 1)
-        advice = size_advice(options, adapter)
-        out.append(
-            {
-                "family": name,
-                "native view px": adapter.native_view_px,
-                "ERP": f"{options.size or ''} {options.resolved_width} x {options.height}".strip(),
-                "view px": advice.view_px,
-                "grid": f"{config.grid_size[0]} x {config.grid_size[1]}",
-                "sphere points": config.n_points,
-                "views": views,
-                "CFG": "yes" if cfg else "no",
-                "view evals / step": per_step,
-                "calls / step (batch 8)": math.ceil(views / options.view_batch_size),
-                "steps": steps,
-                "view evals / panorama": per_step * steps,
-                "note": "far below native"
-                if advice.note and "below" in advice.note
-                else ("over 2x native" if advice.note else ""),
-            }
-        )
-    return out
+    overrides = {}
+    if model.vae_scale_factor is not None:
+        overrides["typical_vae_scale_factor"] = model.vae_scale_factor
+    if model.native_view_px is not None:
+        overrides["native_view_px"] = model.native_view_px
+    if overrides:
+        adapter = type(adapter.__name__, (adapter,), overrides)
+    options = resolve_size(GenerationOptions(prompt="x", size=preset), adapter)
+    config = plan_config_for(options, adapter.typical_vae_scale_factor, adapter.grid_multiple)
+    views = config.layout().n_views
+    per_step = views * (2 if model.cfg else 1)
+    advice = size_advice(options, adapter)
+    return {
+        "family": model.name,
+        "native view px": adapter.native_view_px,
+        "ERP": f"{options.size or ''} {options.resolved_width} x {options.height}".strip(),
+        "view px": advice.view_px,
+        "grid": f"{config.grid_size[0]} x {config.grid_size[1]}",
+        "sphere points": config.n_points,
+        "views": views,
+        "CFG": "yes" if model.cfg else "no",
+        "view evals / step": per_step,
+        "calls / step (batch 8)": math.ceil(views / options.view_batch_size),
+        "steps": model.steps,
+        "view evals / panorama": per_step * model.steps,
+        "note": "far below native"
+        if advice.note and "below" in advice.note
+        else ("over 2x native" if advice.note else ""),
+    }
 
 
 def main() -> None:

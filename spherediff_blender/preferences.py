@@ -25,17 +25,24 @@ ADDON_PACKAGE = __package__.rpartition(".")[0] or __package__
 
 PYTHON_ENV_VAR = "SPHEREDIFF_PYTHON"
 
+# The numbers are what userpref.blend stores (Blender saves an enum's number): fixed, like
+# the model lists' (properties.PREFS_MODEL_NUMBERS), so a new item cannot renumber old ones.
 DEVICE_ITEMS = (
-    ("auto", "Automatic", "CUDA if there is an NVIDIA GPU, else Metal (Apple), else the CPU"),
-    ("cuda", "CUDA", "The first NVIDIA GPU"),
-    ("mps", "Metal", "Apple silicon GPU"),
-    ("cpu", "CPU", "The processor (very slow with real models)"),
+    ("auto", "Automatic", "CUDA if there is an NVIDIA GPU, else Metal (Apple), else the CPU", 0),
+    ("cuda", "CUDA", "The first NVIDIA GPU", 1),
+    ("mps", "Metal", "Apple silicon GPU", 2),
+    ("cpu", "CPU", "The processor (very slow with real models)", 3),
 )
 PRECISION_ITEMS = (
-    ("auto", "Automatic", "Half precision on GPUs (the model's preferred kind), float32 on CPU"),
-    ("fp16", "Float16", "Half precision"),
-    ("bf16", "BFloat16", "Brain float 16 (recent NVIDIA GPUs)"),
-    ("fp32", "Float32", "Full precision: twice the memory, rarely needed"),
+    (
+        "auto",
+        "Automatic",
+        "Half precision on GPUs (the model's preferred kind), float32 on CPU",
+        0,
+    ),
+    ("fp16", "Float16", "Half precision", 1),
+    ("bf16", "BFloat16", "Brain float 16 (recent NVIDIA GPUs)", 2),
+    ("fp32", "Float32", "Full precision: twice the memory, rarely needed", 3),
 )
 
 

@@ -68,6 +68,42 @@ MODEL_PRESETS = (
         "Stable Diffusion 3.5 Large (gated on the Hub; about 20 GB of VRAM)",
         "stabilityai/stable-diffusion-3.5-large",
     ),
+    (
+        "FLUX2_DEV",
+        "FLUX.2 [dev]",
+        "FLUX.2 [dev]: 32B, top quality, gated non-commercial licence; slow, needs an "
+        "80 GB GPU in half precision (its Mistral Small 24B text encoder alone is about "
+        "48 GB; Model CPU Offload and much RAM otherwise)",
+        "black-forest-labs/FLUX.2-dev",
+    ),
+    (
+        "FLUX2_KLEIN_4B",
+        "FLUX.2 [klein] 4B",
+        "FLUX.2 [klein] 4B: 4 steps, fast, Apache-2.0 (about 13 GB of VRAM, with its "
+        "Qwen3 4B text encoder)",
+        "black-forest-labs/FLUX.2-klein-4B",
+    ),
+    (
+        "QWEN_IMAGE",
+        "Qwen-Image",
+        "Qwen-Image: 20B, good at text in images, Apache-2.0; slow, about 60 GB of VRAM in "
+        "half precision with its Qwen2.5-VL 7B text encoder (Model CPU Offload helps)",
+        "Qwen/Qwen-Image",
+    ),
+    (
+        "ZIMAGE_TURBO",
+        "Z-Image Turbo",
+        "Z-Image Turbo: 6B, 8 steps, fast, Apache-2.0 (about 20 GB of VRAM with its Qwen3 "
+        "4B text encoder; Model CPU Offload helps on 16 GB GPUs)",
+        "Tongyi-MAI/Z-Image-Turbo",
+    ),
+    (
+        "ZIMAGE",
+        "Z-Image",
+        "Z-Image base: the undistilled 6B model, 50 steps with guidance and negative "
+        "prompts, Apache-2.0 (about 20 GB of VRAM; Model CPU Offload helps on 16 GB GPUs)",
+        "Tongyi-MAI/Z-Image",
+    ),
 )
 # Video models, for animated worlds (``video``): (identifier, label, description, Hub id).
 VIDEO_MODEL_PRESETS = (
@@ -86,24 +122,68 @@ VIDEO_MODEL_PRESETS = (
         "11 GB in half precision; Model CPU Offload helps on smaller GPUs)",
         "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
     ),
+    (
+        "WAN22_TI2V_5B",
+        "Wan 2.2 TI2V 5B",
+        "Wan 2.2 TI2V 5B, text-to-video: 4k+1 frames, 24 fps, Apache-2.0 (runs on a 24 GB "
+        "GPU; its UMT5 text encoder is about 11 GB in half precision, Model CPU Offload "
+        "helps on smaller GPUs)",
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+    ),
+    (
+        "WAN22_T2V_A14B",
+        "Wan 2.2 T2V A14B",
+        "Wan 2.2 T2V A14B: two 14B experts (high and low noise), Wan's best quality, 4k+1 "
+        "frames, 16 fps, Apache-2.0; slow, needs an 80 GB GPU in half precision (Model CPU "
+        "Offload and much RAM otherwise)",
+        "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    ),
+    (
+        "HUNYUANVIDEO15",
+        "HunyuanVideo 1.5 480p",
+        "HunyuanVideo 1.5 text-to-video, 480p: 8.3B, 4k+1 frames, 24 fps, Tencent Hunyuan "
+        "community licence (not for the EU, UK or South Korea); about 14 GB of VRAM with "
+        "Model CPU Offload (its Qwen2.5-VL 7B text encoder is about 15 GB in half precision)",
+        "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v",
+    ),
 )
 MODEL_IDS = {key: hub_id for key, _, _, hub_id in (*MODEL_PRESETS, *VIDEO_MODEL_PRESETS)}
 MODEL_LABELS = {key: label for key, label, _, _ in (*MODEL_PRESETS, *VIDEO_MODEL_PRESETS)}
 VIDEO_PRESET_KEYS = tuple(key for key, *_ in VIDEO_MODEL_PRESETS)
 DEFAULT_VIDEO_PRESET = "LTX"
 
-# What the engine's video adapters take (spherediff_core.adapters, which need torch):
-# diffusers pipeline class -> (name, temporal compression: frames = k * compression + 1,
-# the model's own frame rate).
-VIDEO_PIPELINES = {"LTXPipeline": ("LTX-Video", 8, 24), "WanPipeline": ("Wan", 4, 16)}
+# What the engine's adapters take (spherediff_core.adapters, which need torch; its torch-free
+# registry spherediff_core.families.FAMILIES says the same, and tests/blender checks the two
+# agree): diffusers pipeline class -> (name, temporal compression: frames = k * compression
+# + 1, the family's own frame rate) for video, -> name for stills.
+VIDEO_PIPELINES = {
+    "LTXPipeline": ("LTX-Video", 8, 24),
+    "WanPipeline": ("Wan", 4, 16),
+    "HunyuanVideo15Pipeline": ("HunyuanVideo 1.5", 4, 24),
+}
 IMAGE_PIPELINES = {
     "SanaPipeline": "SANA",
     "StableDiffusionPipeline": "Stable Diffusion",
     "StableDiffusionXLPipeline": "Stable Diffusion XL",
     "FluxPipeline": "FLUX.1",
     "StableDiffusion3Pipeline": "Stable Diffusion 3",
+    "Flux2Pipeline": "FLUX.2",
+    "Flux2KleinPipeline": "FLUX.2 [klein]",
+    "QwenImagePipeline": "Qwen-Image",
+    "ZImagePipeline": "Z-Image",
 }
-VIDEO_PRESET_RULES = {"LTX": ("LTX-Video", 8, 24), "WAN": ("Wan 2.1", 4, 16)}
+# The video presets' rules: (name, temporal compression, frame rate). Its family's, except
+# where the model's own card says otherwise: Wan 2.2 TI2V 5B runs at 24 fps, while the
+# engine's "wan" family holds Wan 2.1's 16 (the 5B's folders say so by "expand_timesteps",
+# see _read_folder_info).
+VIDEO_PRESET_RULES = {
+    "LTX": ("LTX-Video", 8, 24),
+    "WAN": ("Wan 2.1", 4, 16),
+    "WAN22_TI2V_5B": ("Wan 2.2 TI2V 5B", 4, 24),
+    "WAN22_T2V_A14B": ("Wan 2.2 T2V A14B", 4, 16),
+    "HUNYUANVIDEO15": ("HunyuanVideo 1.5", 4, 24),
+}
+WAN22_TI2V_FPS = 24  # a WanPipeline folder with "expand_timesteps": Wan 2.2 TI2V 5B
 MAX_FRAMES = 1025  # spherediff_core.options.MAX_FRAMES
 MAX_FPS = 240  # spherediff_core.options.MAX_FPS
 MAX_WIDTH = 16384  # spherediff_core.options.MAX_WIDTH
@@ -116,27 +196,91 @@ _CUSTOM_ITEM = (
     "Custom",
     "A Hugging Face Hub id (owner/name) or a local diffusers model folder",
 )
-MODEL_ITEMS_NO_DEFAULT = (*((k, n, d) for k, n, d, _ in MODEL_PRESETS), _CUSTOM_ITEM)
-VIDEO_MODEL_ITEMS_NO_DEFAULT = (
-    *((k, n, d) for k, n, d, _ in VIDEO_MODEL_PRESETS),
-    _CUSTOM_ITEM,
+# Blender saves an enum property as its item's number, not its identifier (in .blend files
+# and, for the preferences, in userpref.blend), so each list below writes every item's
+# number next to its identifier, and a number never changes once released: a new preset
+# takes the next unused number of each list it is in, and a removed preset's numbers stay
+# unused. Numbering by position would make a preset inserted in the middle silently turn
+# every saved choice after it into its neighbour. tests/blender/test_addon_model_enums.py
+# keeps the released pairs.
+SCENE_MODEL_NUMBERS = {  # the scene's Model (MODEL_ITEMS)
+    "DEFAULT": 0,
+    "SANA": 1,
+    "SD15": 2,
+    "SDXL": 3,
+    "FLUX_SCHNELL": 4,
+    "FLUX_DEV": 5,
+    "SD35_MEDIUM": 6,
+    "SD35_LARGE": 7,
+    "CUSTOM": 8,
+    "LTX": 9,
+    "WAN": 10,
+    "FLUX2_DEV": 11,
+    "FLUX2_KLEIN_4B": 12,
+    "QWEN_IMAGE": 13,
+    "ZIMAGE_TURBO": 14,
+    "ZIMAGE": 15,
+    "WAN22_TI2V_5B": 16,
+    "WAN22_T2V_A14B": 17,
+    "HUNYUANVIDEO15": 18,
+}
+PREFS_MODEL_NUMBERS = {  # Preferences > Default Model (MODEL_ITEMS_NO_DEFAULT)
+    "SANA": 0,
+    "SD15": 1,
+    "SDXL": 2,
+    "FLUX_SCHNELL": 3,
+    "FLUX_DEV": 4,
+    "SD35_MEDIUM": 5,
+    "SD35_LARGE": 6,
+    "CUSTOM": 7,
+    "FLUX2_DEV": 8,
+    "FLUX2_KLEIN_4B": 9,
+    "QWEN_IMAGE": 10,
+    "ZIMAGE_TURBO": 11,
+    "ZIMAGE": 12,
+}
+PREFS_VIDEO_MODEL_NUMBERS = {  # Preferences > Default Video Model
+    "LTX": 0,
+    "WAN": 1,
+    "CUSTOM": 2,
+    "WAN22_TI2V_5B": 3,
+    "WAN22_T2V_A14B": 4,
+    "HUNYUANVIDEO15": 5,
+}
+
+_CUSTOM_ITEM = (
+    "CUSTOM",
+    "Custom",
+    "A Hugging Face Hub id (owner/name) or a local diffusers model folder",
 )
-# The scene's model list: stills and video models. The numbers keep the values that files
-# saved before the video models came stored (Blender saves an enum's number).
+
+
+def _numbered(items, numbers: dict, icon: str = "") -> tuple:
+    """EnumProperty items (identifier, name, description, icon, number) with the fixed
+    numbers of ``numbers`` (a KeyError at import for an item without one)."""
+    return tuple((k, n, d, icon, numbers[k]) for k, n, d, *_ in items)
+
+
+MODEL_ITEMS_NO_DEFAULT = _numbered((*MODEL_PRESETS, _CUSTOM_ITEM), PREFS_MODEL_NUMBERS)
+VIDEO_MODEL_ITEMS_NO_DEFAULT = _numbered(
+    (*VIDEO_MODEL_PRESETS, _CUSTOM_ITEM), PREFS_VIDEO_MODEL_NUMBERS
+)
+# The scene's model list: stills, then video models, then Custom (the numbers are not in
+# this order: Custom and the video models came before the later stills).
 MODEL_ITEMS = (
-    (
-        "DEFAULT",
-        "Preferences Default",
-        "The default model set in the add-on's preferences (its video model when Animated)",
-        "",
-        0,
+    *_numbered(
+        (
+            (
+                "DEFAULT",
+                "Preferences Default",
+                "The default model set in the add-on's preferences (its video model when Animated)",
+            ),
+            *MODEL_PRESETS,
+        ),
+        SCENE_MODEL_NUMBERS,
     ),
-    *((k, n, d, "", i) for i, (k, n, d, _) in enumerate(MODEL_PRESETS, start=1)),
-    *(
-        (k, n, d, "FILE_MOVIE", i)
-        for i, (k, n, d, _) in enumerate(VIDEO_MODEL_PRESETS, start=len(MODEL_PRESETS) + 2)
-    ),
-    (*_CUSTOM_ITEM, "", len(MODEL_PRESETS) + 1),
+    *_numbered(VIDEO_MODEL_PRESETS, SCENE_MODEL_NUMBERS, "FILE_MOVIE"),
+    *_numbered((_CUSTOM_ITEM,), SCENE_MODEL_NUMBERS),
 )
 
 SIZE_WIDTHS = {"1K": 1024, "2K": 2048, "4K": 4096, "8K": 8192}
@@ -146,7 +290,8 @@ SIZE_ITEMS = (
         "AUTO",
         "Auto",
         "The model's own size: 2K for SANA, SD 1.5 and the video models, 4K for SDXL, "
-        "FLUX.1 and SD 3.5, so that its views come out near the size it was trained at",
+        "FLUX.1, FLUX.2, SD 3.5, Qwen-Image and Z-Image, so that its views come out near "
+        "the size it was trained at",
         5,
     ),
     ("1K", "1K", "1024 x 512 pixels: quick previews (far below every model's native size)", 0),
@@ -168,6 +313,17 @@ PRESET_SIZES = {
     "SD35_LARGE": (1024, 768, "4K", 8, 2),
     "LTX": (512, 384, "2K", 32, 1),
     "WAN": (480, 360, "2K", 8, 2),
+    # FLUX.2 and HunyuanVideo 1.5 put one sphere point on 16 px (a 2x2 patch token, a 16x
+    # VAE). Wan 2.2 TI2V 5B has a 16x VAE, and the engine's Wan adapter takes its 704 px
+    # native size once it sees that VAE (the class values are Wan 2.1's).
+    "FLUX2_DEV": (1024, 768, "4K", 16, 1),
+    "FLUX2_KLEIN_4B": (1024, 768, "4K", 16, 1),
+    "QWEN_IMAGE": (1328, 996, "4K", 8, 2),
+    "ZIMAGE_TURBO": (1024, 768, "4K", 8, 2),
+    "ZIMAGE": (1024, 768, "4K", 8, 2),
+    "WAN22_TI2V_5B": (704, 528, "2K", 16, 2),
+    "WAN22_T2V_A14B": (480, 360, "2K", 8, 2),
+    "HUNYUANVIDEO15": (480, 360, "2K", 16, 1),
 }
 VIEW_FOV_DEG = 80.0  # spherediff_core.options.GenerationOptions.fov_deg
 
@@ -336,6 +492,8 @@ def _read_folder_info(model: str, index_path: Path) -> ModelInfo:
         return ModelInfo(name, None)
     if class_name in VIDEO_PIPELINES:
         family, compression, fps = VIDEO_PIPELINES[class_name]
+        if class_name == "WanPipeline" and index.get("expand_timesteps") is True:
+            fps = WAN22_TI2V_FPS  # Wan 2.2 TI2V 5B: the family's 16 fps is Wan 2.1's
         return ModelInfo(f"{path.name} ({family})", "video", compression, fps)
     if class_name in IMAGE_PIPELINES:
         return ModelInfo(f"{path.name} ({IMAGE_PIPELINES[class_name]})", "image")
@@ -381,7 +539,7 @@ def kind_problem(video: bool, info: ModelInfo) -> str:
     if video and info.kind == "image":
         return (
             f"{info.name} makes still images: for an animated world choose a video model "
-            "(LTX-Video or Wan 2.1), or turn Animated off"
+            "(LTX-Video, Wan or HunyuanVideo 1.5), or turn Animated off"
         )
     if not video and info.kind == "video":
         return (
@@ -571,7 +729,8 @@ def generation_properties(live_update: bool) -> dict:
         "video": BoolProperty(
             name="Animated",
             description=(
-                "Make an animated 360 degree world with a video model (LTX-Video, Wan 2.1): "
+                "Make an animated 360 degree world with a video model (LTX-Video, Wan, "
+                "HunyuanVideo 1.5): "
                 "a sequence of panorama frames played by the Environment Texture"
             ),
             default=False,
@@ -582,7 +741,7 @@ def generation_properties(live_update: bool) -> dict:
             name="Frames",
             description=(
                 "Number of frames of the animated world (LTX-Video takes 8k+1: 9, 17, ... "
-                "121; Wan takes 4k+1: 5, 9, ... 81)"
+                "121; Wan and HunyuanVideo 1.5 take 4k+1: 5, 9, ... 81, ... 121)"
             ),
             default=49,
             **_number_range("frames", live_update, soft_max=257),
@@ -590,7 +749,10 @@ def generation_properties(live_update: bool) -> dict:
         ),
         "auto_fps": BoolProperty(
             name="Auto FPS",
-            description="Use the model's own frame rate (LTX-Video 24, Wan 16)",
+            description=(
+                "Use the model's own frame rate (LTX-Video, Wan 2.2 TI2V 5B and "
+                "HunyuanVideo 1.5 24; Wan 2.1 and Wan 2.2 A14B 16)"
+            ),
             default=True,
             options=opts,
         ),

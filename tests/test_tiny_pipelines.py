@@ -23,7 +23,18 @@ EXPECTED = {
     "sd3": ("StableDiffusion3Pipeline", 16, 8, None),
     "ltx": ("LTXPipeline", 128, 32, 8),
     "wan": ("WanPipeline", 16, 8, 4),
+    "flux2-dev": ("Flux2Pipeline", 32, 8, None),
+    "flux2-klein": ("Flux2KleinPipeline", 32, 8, None),
+    "flux2-klein-base": ("Flux2KleinPipeline", 32, 8, None),
+    "qwenimage": ("QwenImagePipeline", 16, 8, None),
+    "zimage-turbo": ("ZImagePipeline", 16, 8, None),
+    "zimage-base": ("ZImagePipeline", 16, 8, None),
+    "wan22-ti2v5b": ("WanPipeline", 48, 16, 4),
+    "wan22-a14b": ("WanPipeline", 16, 8, 4),
+    "hunyuanvideo15": ("HunyuanVideo15Pipeline", 32, 16, 4),
 }
+# Image models whose VAE is a video VAE taking (n, 3, frames, H, W) (Qwen-Image's).
+FRAME_AXIS_IMAGE_VAES = {"qwenimage"}
 
 # Small 1:2 (panorama-like) call sizes; video families also get a frame count.
 CALL_KWARGS = {
@@ -36,6 +47,15 @@ CALL_KWARGS = {
     "sd3": dict(height=64, width=128),
     "ltx": dict(height=64, width=128, num_frames=9),
     "wan": dict(height=64, width=128, num_frames=5),
+    "flux2-dev": dict(height=64, width=128),
+    "flux2-klein": dict(height=64, width=128),
+    "flux2-klein-base": dict(height=64, width=128),
+    "qwenimage": dict(height=64, width=128),
+    "zimage-turbo": dict(height=64, width=128),
+    "zimage-base": dict(height=64, width=128),
+    "wan22-ti2v5b": dict(height=64, width=128, num_frames=5),
+    "wan22-a14b": dict(height=64, width=128, num_frames=5),
+    "hunyuanvideo15": dict(height=64, width=128, num_frames=5),
 }
 
 WEIGHT_SUFFIXES = {
@@ -68,18 +88,23 @@ def _offline_single_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def _vae_factors(pipe, family):
-    if family == "ltx":
-        return pipe.vae_spatial_compression_ratio, pipe.vae_temporal_compression_ratio
-    if family == "wan":
-        return pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
-    return pipe.vae_scale_factor, None
+def _first_attribute(obj, *names):
+    return next((getattr(obj, n) for n in names if getattr(obj, n, None) is not None), None)
 
 
-def _latent_channels(pipe, family):
-    if family == "wan":
-        return pipe.vae.config.z_dim
-    return pipe.vae.config.latent_channels
+def _vae_factors(pipe, video: bool):
+    """(spatial, temporal or None), under whichever name the pipeline class uses."""
+    spatial = _first_attribute(
+        pipe, "vae_spatial_compression_ratio", "vae_scale_factor_spatial", "vae_scale_factor"
+    )
+    if not video:
+        return spatial, None
+    temporal = _first_attribute(pipe, "vae_temporal_compression_ratio", "vae_scale_factor_temporal")
+    return spatial, temporal
+
+
+def _latent_channels(pipe):
+    return _first_attribute(pipe.vae.config, "latent_channels", "z_dim")
 
 
 def _encode(vae, x):
@@ -114,10 +139,13 @@ def test_build_load_and_run(family, tmp_path):
             assert list((folder / name).glob("*.safetensors")), name
 
     # structure: latent channels and real VAE down-sampling
-    assert _latent_channels(pipe, family) == channels
-    assert _vae_factors(pipe, family) == (spatial, temporal)
+    assert _latent_channels(pipe) == channels
+    assert _vae_factors(pipe, temporal is not None) == (spatial, temporal)
     with torch.no_grad():
-        if temporal is None:
+        if family in FRAME_AXIS_IMAGE_VAES:
+            latent = _encode(pipe.vae, torch.randn(1, 3, 1, 64, 128))
+            assert latent.shape == (1, channels, 1, 64 // spatial, 128 // spatial)
+        elif temporal is None:
             latent = _encode(pipe.vae, torch.randn(1, 3, 64, 128))
             assert latent.shape == (1, channels, 64 // spatial, 128 // spatial)
         else:

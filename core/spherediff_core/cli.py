@@ -85,6 +85,14 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
         ("--true-cfg-scale",),
         {"type": float, "help": "FLUX.1: true CFG with --negative-prompt when > 1 (default: 1)"},
     ),
+    (
+        "guidance_2",
+        ("--guidance-2",),
+        {
+            "type": float,
+            "help": "Wan 2.2 A14B: the low-noise expert's guidance (default: --guidance)",
+        },
+    ),
     ("seed", ("--seed",), {"type": int, "help": "random seed (default: 0)"}),
     (
         "size",

@@ -28,6 +28,7 @@ __all__ = [
     "DenoiseProgress",
     "DenoiserInput",
     "GenerationCancelled",
+    "Guidance",
     "init_noise_sigma",
     "prepare_sphere_latents",
     "sphere_denoise",
@@ -36,6 +37,34 @@ __all__ = [
 
 class GenerationCancelled(Exception):
     """Raised between view batches when the caller asked to stop."""
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How the loop combines a view batch's negative and positive predictions.
+
+    The default is classifier-free guidance, ``uncond + scale * (cond - uncond)`` with one
+    scale on every step. A family whose pipeline guides otherwise (a per-token norm
+    rescale, a scale per expert, no negative pass on late steps) subclasses this in its
+    adapter module and returns it from ``ModelAdapter.guidance_rule``; the loop knows no
+    family.
+
+    Attributes:
+        scale: the guidance scale as the family's pipeline names it (recorded in the
+            sidecar; ``scale_at`` may derive the per-step scale from it).
+    """
+
+    scale: float
+
+    def scale_at(self, step_index: int, timestep: float) -> float | None:
+        """The scale on step ``step_index`` (timestep ``timestep``, the scheduler's own
+        units); None: no negative pass on this step, the positive prediction as it is."""
+        return self.scale
+
+    def combine(self, uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """The guided prediction of a batch, from (n, C, [F,] h, w) negative and positive
+        model outputs (float32, the same views in the same order)."""
+        return uncond + scale * (cond - uncond)
 
 
 @dataclass
@@ -149,6 +178,7 @@ def sphere_denoise(
     *,
     negative_conditioning: Any = None,
     guidance_scale: float = 1.0,
+    guidance: Guidance | None = None,
     view_batch_size: int = 8,
     callback: Callable[[DenoiseProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -169,7 +199,10 @@ def sphere_denoise(
             passed through to the denoiser untouched.
         negative_conditioning: the unconditional conditioning; classifier-free guidance runs
             when it is given and ``guidance_scale != 1``.
-        guidance_scale: CFG scale, pred = uncond + scale * (cond - uncond).
+        guidance_scale: CFG scale, pred = uncond + scale * (cond - uncond); used when
+            ``guidance`` is None.
+        guidance: how negative and positive predictions combine, step by step (a family's
+            :class:`Guidance`); it replaces ``guidance_scale``.
         view_batch_size: views per denoiser call (times B, times 2 under CFG).
         callback: called after every view batch with a :class:`DenoiseProgress`.
         should_cancel: polled before every view batch; True raises GenerationCancelled.
@@ -195,7 +228,10 @@ def sphere_denoise(
         raise ValueError(f"view_batch_size must be at least 1, got {view_batch_size}")
     if latents.shape[-1] != plan.n_points:
         raise ValueError(f"latents have {latents.shape[-1]} points, the plan {plan.n_points}")
-    do_cfg = negative_conditioning is not None and guidance_scale != 1.0
+    if guidance is None and guidance_scale != 1.0:
+        guidance = Guidance(guidance_scale)
+    if negative_conditioning is None:
+        guidance = None
     if known is not None and noise is None:
         noise = latents / init_noise_sigma(scheduler)
     step_kwargs = dict(step_kwargs or {})
@@ -225,6 +261,8 @@ def sphere_denoise(
     scale_input = getattr(scheduler, "scale_model_input", None)
     for step_index, t in enumerate(timesteps):
         scaled = latents if scale_input is None else scale_input(latents, t)
+        cfg = None if guidance is None else guidance.scale_at(step_index, float(t))
+        do_cfg = cfg is not None
         acc = SphereAccumulator(plan, latents)
         for b in range(n_rounds):
             stop = should_cancel is not None and should_cancel()
@@ -260,7 +298,7 @@ def sphere_denoise(
             )
             if do_cfg:
                 out_u, out_c = out.chunk(2)
-                out = out_u + guidance_scale * (out_c - out_u)
+                out = guidance.combine(out_u, out_c, cfg)
             out = out.reshape(ids.numel(), batch, *out.shape[1:])
             acc.add(out, ids, tables.index, tables.weights)
             if callback is not None:

@@ -31,6 +31,8 @@ class FamilyFacts:
 
     family: str
     pipeline_classes: tuple[str, ...]
+    adapter: str
+    """Where the adapter is: ``"module:Class"`` in spherediff_core.adapters."""
     display_name: str = ""
     min_steps: int = 1
     is_video: bool = False
@@ -46,14 +48,20 @@ class FamilyFacts:
 
 
 FAMILIES: tuple[FamilyFacts, ...] = (
-    FamilyFacts("sana", ("SanaPipeline",)),
-    FamilyFacts("sd", ("StableDiffusionPipeline",), skipped_components=("safety_checker",)),
-    FamilyFacts("sdxl", ("StableDiffusionXLPipeline",)),
-    FamilyFacts("flux", ("FluxPipeline",)),
-    FamilyFacts("sd3", ("StableDiffusion3Pipeline",)),
+    FamilyFacts("sana", ("SanaPipeline",), "sana:SanaAdapter"),
+    FamilyFacts(
+        "sd",
+        ("StableDiffusionPipeline",),
+        "sd:StableDiffusionAdapter",
+        skipped_components=("safety_checker",),
+    ),
+    FamilyFacts("sdxl", ("StableDiffusionXLPipeline",), "sdxl:StableDiffusionXLAdapter"),
+    FamilyFacts("flux", ("FluxPipeline",), "flux:FluxAdapter"),
+    FamilyFacts("sd3", ("StableDiffusion3Pipeline",), "sd3:StableDiffusion3Adapter"),
     FamilyFacts(
         "ltx",
         ("LTXPipeline",),
+        "ltx:LTXVideoAdapter",
         display_name="LTX-Video",
         min_steps=2,
         is_video=True,
@@ -64,11 +72,37 @@ FAMILIES: tuple[FamilyFacts, ...] = (
     FamilyFacts(
         "wan",
         ("WanPipeline",),
+        "wan:WanAdapter",
         display_name="Wan",
         is_video=True,
         temporal_compression=4,
         default_frames=81,
         default_fps=16,
+    ),
+    FamilyFacts("flux2", ("Flux2Pipeline",), "flux2:Flux2Adapter", display_name="FLUX.2 [dev]"),
+    FamilyFacts(
+        "flux2-klein",
+        ("Flux2KleinPipeline",),
+        "flux2:Flux2KleinAdapter",
+        display_name="FLUX.2 [klein]",
+    ),
+    FamilyFacts(
+        "qwenimage",
+        ("QwenImagePipeline",),
+        "qwenimage:QwenImageAdapter",
+        display_name="Qwen-Image",
+        min_steps=2,
+    ),
+    FamilyFacts("zimage", ("ZImagePipeline",), "zimage:ZImageAdapter", display_name="Z-Image"),
+    FamilyFacts(
+        "hunyuanvideo15",
+        ("HunyuanVideo15Pipeline",),
+        "hunyuanvideo15:HunyuanVideo15Adapter",
+        display_name="HunyuanVideo 1.5",
+        is_video=True,
+        temporal_compression=4,
+        default_frames=121,
+        default_fps=24,
     ),
 )
 

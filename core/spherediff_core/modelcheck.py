@@ -327,6 +327,9 @@ def _check_component(root: Path, model: str, name: str, class_name: str) -> None
     if "Processor" in class_name or "FeatureExtractor" in class_name:
         _load_json(folder / "preprocessor_config.json", f"{model}: component {name!r}")
         return
+    if class_name.endswith("Guidance"):  # a diffusers guider (diffusers.guiders): no weights
+        _load_json(folder / "guider_config.json", f"{model}: component {name!r}")
+        return
     config = _load_json(folder / "config.json", f"{model}: component {name!r}")
     if isinstance(config, dict) and "auto_map" in config:
         raise _custom_code_error(
@@ -405,6 +408,27 @@ def _check_safetensors(path: Path, model: str, name: str) -> None:
             f"{damaged} is truncated ({size} of {expected} bytes); an interrupted copy or "
             f"download? {fix[0].upper()}{fix[1:]}"
         )
+
+
+# Components transformers builds only with an optional module installed (its @requires
+# backends): class name -> the module's import name. FLUX.2 [dev]'s tokenizer is one.
+_COMPONENT_MODULES = {"PixtralProcessor": "torchvision"}
+
+
+def check_component_modules(index: dict[str, Any], model: str) -> None:
+    """Refuse, before anything loads, a component this Python cannot build for want of an
+    optional module (transformers would fail deep in the load with a bare ImportError)."""
+    import importlib.util
+
+    for name, _library, class_name in _components(index):
+        module = _COMPONENT_MODULES.get(class_name) if isinstance(class_name, str) else None
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise UnsupportedModelError(
+                f"{model}: component {name!r} is a {class_name}, which needs {module}, and "
+                f"{module} is not installed in the engine's Python; install it "
+                f"(`{sys.executable} -m pip install {module}`, the build that matches the "
+                "installed torch) and try again"
+            )
 
 
 def check_component_classes(index: dict[str, Any], model: str, libraries: dict[str, Any]) -> None:

@@ -64,6 +64,8 @@ class GenerationOptions:
 
     ``true_cfg_scale`` (FLUX.1 only, as FluxPipeline): with a negative prompt and a value
     above 1, a negative pass runs and the prediction is neg + scale * (pos - neg).
+    ``guidance_2`` (Wan 2.2 A14B only, WanPipeline's ``guidance_scale_2``): the guidance
+    while the low-noise expert runs (default: ``guidance``).
 
     Video (``video=True``, video models only): ``frames`` ERP frames of that size at ``fps``
     (both default to the model family's, e.g. 121 at 24 fps for LTX-Video). A model takes
@@ -119,6 +121,7 @@ class GenerationOptions:
     fps: int | None = None
     loop: bool = False
     true_cfg_scale: float | None = None
+    guidance_2: float | None = None
     hdr: bool = False
     image: str | None = None
     image_yaw_deg: float = 0.0
@@ -170,6 +173,8 @@ class GenerationOptions:
             _check_float("guidance", self.guidance, 0.0, 50.0)
         if self.true_cfg_scale is not None:
             _check_float("true_cfg_scale", self.true_cfg_scale, 0.0, 50.0)
+        if self.guidance_2 is not None:
+            _check_float("guidance_2", self.guidance_2, 0.0, 50.0)
         _check_int("seed", self.seed, 0, MAX_SEED)
         # Size
         if self.size is not None and (

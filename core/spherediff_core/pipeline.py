@@ -38,6 +38,7 @@ from .adapters.base import ModelAdapter, PromptEmbedding, ceil_to_multiple
 from .denoise import (
     DenoiseProgress,
     GenerationCancelled,
+    Guidance,
     init_noise_sigma,
     prepare_sphere_latents,
     sphere_denoise,
@@ -54,7 +55,12 @@ from .errors import (
 from .families import check_video_request
 from .fusion import gather_views
 from .known import ImagePlacement, KnownRegion, footprint, known_grid_size, sample_grid
-from .modelcheck import check_component_classes, check_model_folder, read_model_index
+from .modelcheck import (
+    check_component_classes,
+    check_component_modules,
+    check_model_folder,
+    read_model_index,
+)
 from .options import SIZE_PRESETS, GenerationOptions, OptionsError
 from .plan import PlanConfig, SamplingPlan, load_or_build_plan
 from .progress import Progress
@@ -205,6 +211,8 @@ def plan_frame_chunks(
             f"{compression}, {latents_per_chunk} per chunk, context {context}"
         )
     m, c = latent_frames, compression
+    if loop:  # a context past one whole cycle would decode the same frames again
+        before, after = min(before, m), min(after, m)
     chunks = []
     for a in range(0, m, latents_per_chunk):
         b = min(m, a + latents_per_chunk)
@@ -237,21 +245,31 @@ def loop_shift(step_index: int, latent_frames: int) -> int:
 class Request:
     """What one call makes, with the family's defaults filled in (see resolve_request).
 
-    ``frames`` and ``latent_frames`` are 1 and ``fps`` None for a still. ``cfg_scale`` is
-    the classifier-free guidance scale the loop applies (1.0 when ``do_cfg`` is False; for
-    most families the guidance, for FLUX its true CFG scale). A ``loop`` makes
-    ``out_frames`` = ``frames`` - 1 frames from ``latent_frames`` cyclic latent frames.
+    ``frames`` and ``latent_frames`` are 1 and ``fps`` None for a still. ``cfg`` is how
+    the loop guides (the adapter's :meth:`ModelAdapter.guidance_rule`; None: no negative
+    prompt and no negative pass). A ``loop`` makes ``out_frames`` = ``frames`` - 1 frames
+    from ``latent_frames`` cyclic latent frames.
     """
 
     steps: int
     guidance: float
-    do_cfg: bool
+    cfg: Guidance | None
     video: bool
     frames: int = 1
     fps: int | None = None
     latent_frames: int = 1
-    cfg_scale: float = 1.0
     loop: bool = False
+
+    @property
+    def do_cfg(self) -> bool:
+        """Whether a negative prompt is encoded and negative passes run."""
+        return self.cfg is not None
+
+    @property
+    def cfg_scale(self) -> float:
+        """The guidance rule's scale (for most families the guidance, for FLUX.1 its true
+        CFG scale); 1.0 without CFG."""
+        return float(self.cfg.scale) if self.cfg is not None else 1.0
 
     @property
     def out_frames(self) -> int:
@@ -264,8 +282,14 @@ def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Reques
     (see :func:`check_video_request`)."""
     steps = options.steps if options.steps is not None else adapter.default_steps
     guidance = options.guidance if options.guidance is not None else adapter.default_guidance
-    cfg_scale = float(adapter.cfg_scale(guidance, options))
-    do_cfg = cfg_scale != 1.0
+    if options.guidance_2 is not None and not adapter.takes_guidance_2:
+        raise OptionsError(
+            "guidance_2",
+            f"{options.guidance_2} is set, but {adapter.name} has one denoiser and one "
+            "guidance; leave guidance_2 unset (it is the low-noise expert's guidance of "
+            "Wan 2.2 A14B)",
+        )
+    cfg = adapter.guidance_rule(guidance, options)
     if steps < adapter.min_steps:
         raise OptionsError(
             "steps",
@@ -273,11 +297,9 @@ def resolve_request(options: GenerationOptions, adapter: ModelAdapter) -> Reques
         )
     video = check_video_request(options, adapter)
     if video is None:
-        return Request(steps, guidance, do_cfg, video=False, cfg_scale=cfg_scale)
+        return Request(steps, guidance, cfg, video=False)
     frames, fps, latent_frames = video
-    return Request(
-        steps, guidance, do_cfg, True, frames, fps, latent_frames, cfg_scale, options.loop
-    )
+    return Request(steps, guidance, cfg, True, frames, fps, latent_frames, options.loop)
 
 
 def resolve_size(
@@ -514,6 +536,7 @@ class SphereDiffPipeline:
         offline = offline or bool(hub_constants.HF_HUB_OFFLINE)
         index = read_model_index(model, revision, offline, cache_dir)
         adapter_cls = adapter_class_for(index, model)
+        check_component_modules(index, model)
         if Path(model).expanduser().is_dir():
             skip = tuple(k for k, v in adapter_cls.load_kwargs.items() if v is None)
             check_model_folder(model, index, skip)
@@ -770,7 +793,7 @@ class SphereDiffPipeline:
                 latents,
                 conditioning,
                 negative_conditioning=negative,
-                guidance_scale=request.cfg_scale,
+                guidance=request.cfg,
                 view_batch_size=options.view_batch_size,
                 callback=on_denoise,
                 should_cancel=run.should_cancel,

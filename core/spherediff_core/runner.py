@@ -472,6 +472,7 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> Mode
         hub_offline = modelcheck.probe_hub(model, revision, cache_dir).offline
     index = modelcheck.read_model_index(model, revision, offline or hub_offline, cache_dir)
     family = _family_of(index, model)
+    modelcheck.check_component_modules(index, model)
     if folder.is_dir():
         modelcheck.check_model_folder(model, index, family.skipped_components)
     if options is not None:

@@ -373,34 +373,56 @@ def test_build_installs_blender_tool_when_none_is_found(tmp_path, blender_ext):
     assert len(list((tmp_path / "dist").glob("spherediff-*.zip"))) == 1
 
 
-# Preset -> the engine's adapter class name, for the size check below.
-PRESET_ADAPTERS = {
-    "SANA": "SanaAdapter",
-    "SD15": "StableDiffusionAdapter",
-    "SDXL": "StableDiffusionXLAdapter",
-    "FLUX_SCHNELL": "FluxAdapter",
-    "FLUX_DEV": "FluxAdapter",
-    "SD35_MEDIUM": "StableDiffusion3Adapter",
-    "SD35_LARGE": "StableDiffusion3Adapter",
-    "LTX": "LTXVideoAdapter",
-    "WAN": "WanAdapter",
+# Preset -> the diffusers pipeline class of its Hub model (the engine's adapter drives it),
+# and what that adapter sets once it has loaded the preset's model where that differs from
+# its class values (Wan 2.2 TI2V 5B's 16x VAE), for the size check below.
+PRESET_PIPELINES = {
+    "SANA": "SanaPipeline",
+    "SD15": "StableDiffusionPipeline",
+    "SDXL": "StableDiffusionXLPipeline",
+    "FLUX_SCHNELL": "FluxPipeline",
+    "FLUX_DEV": "FluxPipeline",
+    "SD35_MEDIUM": "StableDiffusion3Pipeline",
+    "SD35_LARGE": "StableDiffusion3Pipeline",
+    "LTX": "LTXPipeline",
+    "WAN": "WanPipeline",
+    "FLUX2_DEV": "Flux2Pipeline",
+    "FLUX2_KLEIN_4B": "Flux2KleinPipeline",
+    "QWEN_IMAGE": "QwenImagePipeline",
+    "ZIMAGE_TURBO": "ZImagePipeline",
+    "ZIMAGE": "ZImagePipeline",
+    "WAN22_TI2V_5B": "WanPipeline",
+    "WAN22_T2V_A14B": "WanPipeline",
+    "HUNYUANVIDEO15": "HunyuanVideo15Pipeline",
 }
+LOADED_SIZES = {
+    "WAN22_TI2V_5B": {"native_view_px": 704, "min_view_px": 528, "typical_vae_scale_factor": 16},
+}
+
+
+def _preset_adapter(preset: str):
+    from spherediff_core import adapters
+
+    adapter = adapters.adapter_for_class(PRESET_PIPELINES[preset])
+    assert adapter is not None, f"{preset}: no engine adapter for {PRESET_PIPELINES[preset]}"
+    if preset in LOADED_SIZES:
+        adapter = type(f"{adapter.__name__}_{preset}", (adapter,), LOADED_SIZES[preset])
+    return adapter
 
 
 def test_size_notes_agree_with_the_engine(registered):
     """The panel's size note (computed without torch) says what the engine's size_advice
     says, for every preset model and size; the default size is Auto (the model's own)."""
-    from spherediff_core import adapters
     from spherediff_core.options import GenerationOptions
     from spherediff_core.pipeline import size_advice
 
     assert registered["size_default"] == "AUTO"
     assert registered["auto_note"] == ""  # FLUX.1 at its own size (4K): no note
     notes = registered["size_notes"]
-    assert set(notes) == {f"{p} {s}" for p in PRESET_ADAPTERS for s in ("1K", "2K", "4K", "8K")}
+    assert set(notes) == {f"{p} {s}" for p in PRESET_PIPELINES for s in ("1K", "2K", "4K", "8K")}
     for key, (view_px, note) in notes.items():
         preset, size = key.split()
-        adapter = getattr(adapters, PRESET_ADAPTERS[preset])
+        adapter = _preset_adapter(preset)
         advice = size_advice(GenerationOptions(prompt="x", size=size), adapter)
         assert view_px == advice.view_px, key
         far_below = advice.note is not None and "far below" in advice.note

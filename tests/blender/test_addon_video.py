@@ -111,7 +111,7 @@ def test_animated_switch_and_its_checks(scenario):
     assert "LTX-Video is a video model" in c["video_model_for_still"]
     assert "turn on Animated" in c["video_model_for_still"]
     assert "SANA 1600M makes still images" in c["image_model_for_video"]
-    assert "LTX-Video or Wan 2.1" in c["image_model_for_video"]
+    assert "LTX-Video, Wan or HunyuanVideo 1.5" in c["image_model_for_video"]
     assert "50 frames is not valid for LTX-Video" in c["bad_frames"], c["bad_frames"]
     assert "8k+1" in c["bad_frames"] and "49 or 57" in c["bad_frames"]
     assert c["good_frames"] == ""
@@ -217,7 +217,7 @@ FAILURES = {
     "pack_refused": ["Pack Image cannot be used for an animated world", "cannot pack"],
     "bad_frames": ["50 frames is not valid for LTX-Video", "8k+1", "49 or 57"],
     "loop_too_few": ["1 frames is too few for a loop with LTX-Video", "at least 9", "use 17"],
-    "image_model": ["Stable Diffusion XL makes still images", "LTX-Video or Wan 2.1"],
+    "image_model": ["Stable Diffusion XL makes still images", "LTX-Video, Wan or HunyuanVideo 1.5"],
     "video_model_for_still": ["LTX-Video is a video model", "turn on Animated"],
     "worker_error": ["the fake worker failed on purpose"],
     "cancel": ["cancelled"],

@@ -24,7 +24,8 @@ from spherediff_core.plan import load_or_build_plan
 
 from tests.core.panoramas import row_variation, seam_ratio
 
-FAMILIES = ("sd15", "sdxl", "sana", "flux", "sd3")
+# One tiny model per image family (variants that only change defaults are in DEFAULTS).
+FAMILIES = ("sd15", "sdxl", "sana", "flux", "sd3", "flux2-klein-base", "qwenimage", "zimage-base")
 WIDTH = 256
 # Default (steps, guidance) of each tiny model's family (per model for FLUX dev / schnell).
 DEFAULTS = {
@@ -34,6 +35,12 @@ DEFAULTS = {
     "flux": (28, 3.5),
     "flux-schnell": (4, 0.0),
     "sd3": (28, 7.0),
+    "flux2-dev": (50, 4.0),
+    "flux2-klein": (4, 1.0),
+    "flux2-klein-base": (50, 4.0),
+    "qwenimage": (50, 4.0),
+    "zimage-turbo": (8, 0.0),
+    "zimage-base": (50, 5.0),
 }
 STEPS = 2
 
@@ -85,7 +92,9 @@ def generate(loaded, tiny_folders, tmp_path):
 # --- end to end ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", (*FAMILIES, "flux-schnell"))
+@pytest.mark.parametrize(
+    "family", (*FAMILIES, "flux-schnell", "flux2-dev", "flux2-klein", "zimage-turbo")
+)
 def test_generates_an_erp_panorama(family, loaded, tiny_folders, tmp_path):
     pipe = loaded(family)
     result = pipe(options(tiny_folders[family], tmp_path, seed=0))
@@ -120,10 +129,6 @@ def test_same_seed_same_image_other_seed_other_image(
 # --- directional prompts ------------------------------------------------------------------
 
 
-def _denoiser_module(adapter):
-    return getattr(adapter.pipe, "unet", None) or adapter.pipe.transformer
-
-
 PROMPT_CASES = {
     "all set": {"sky_prompt": "blue sky", "horizon_prompt": "a forest", "ground_prompt": "grass"},
     "fallbacks": {"sky_prompt": "blue sky"},
@@ -138,31 +143,42 @@ def test_directional_prompts_reach_their_views(
     pipe = loaded(family)
     adapter = pipe.adapter
     prompts = PROMPT_CASES[case]
-    opts = options(tiny_folders[family], tmp_path, steps=1, negative_prompt="", **prompts)
+    # One view per batch: the denoiser module may be called once per distinct text length
+    # (Qwen-Image, as its pipeline), and a batch of [negative, positive] keeps item order.
+    opts = options(
+        tiny_folders[family],
+        tmp_path,
+        steps=adapter.min_steps,
+        negative_prompt="",
+        view_batch_size=1,
+        **prompts,
+    )
     plan = load_or_build_plan(
         plan_config_for(opts, adapter.vae_scale_factor, adapter.grid_multiple), pipe.plan_cache_dir
     )
 
     calls: list[tuple[list[int], list[str], list[bool]]] = []
-    model_inputs: list[torch.Tensor] = []
+    model_inputs: list[list[torch.Tensor]] = []
     real_denoise = adapter.denoise
 
     def recording_denoise(inp, guidance):
         texts = [c.text for c in inp.conditioning]
         calls.append((inp.view_index.tolist(), texts, inp.unconditional.tolist()))
+        model_inputs.append([])
         return real_denoise(inp, guidance)
 
     def pre_hook(module, args, kwargs):
-        model_inputs.append(kwargs["encoder_hidden_states"].detach().clone())
+        texts = adapter.text_from_denoiser_call(args, kwargs)
+        model_inputs[-1].extend(t.detach().clone() for t in texts)
 
     seen: set[int] = set()
 
-    def stop_before_decoding() -> bool:  # one step is enough: skip the VAE
+    def stop_before_decoding() -> bool:  # one step is enough: skip the rest and the VAE
         seen.update(v for views, _, _ in calls for v in views)
         return len(seen) == plan.n_views
 
     monkeypatch.setattr(adapter, "denoise", recording_denoise)
-    handle = _denoiser_module(adapter).register_forward_pre_hook(pre_hook, with_kwargs=True)
+    handle = adapter.denoiser_module.register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
         with contextlib.suppress(CancelledError):
             pipe(opts, should_cancel=stop_before_decoding)
@@ -181,7 +197,7 @@ def test_directional_prompts_reach_their_views(
     lat = plan.lat_rad
     rings_seen = set()
     for (views, texts, uncond), ehs in zip(calls, model_inputs, strict=True):
-        assert ehs.shape[0] == len(views)
+        assert len(ehs) == len(views)
         for i, (v, text, u) in enumerate(zip(views, texts, uncond, strict=True)):
             if u:
                 want = ""  # the negative prompt
@@ -191,17 +207,14 @@ def test_directional_prompts_reach_their_views(
                 want = expected_by_ring[ring]
             assert text == want, f"view {v} (lat {float(lat[v]):.3f}) got {text!r}"
             # ...and the model received exactly that prompt's embedding.
-            emb = (negative if u else encoded[want]).tensors["encoder_hidden_states"][0]
-            emb = emb.to(ehs.dtype)
+            emb = adapter.text_of(negative if u else encoded[want])
+            emb = emb.to(ehs[i].dtype)
             assert torch.equal(ehs[i], emb), f"view {v}: embedding of another prompt"
     assert rings_seen == {"sky", "horizon", "ground"}
     # Distinct prompts really are encoded differently.
     sky, ground = expected_by_ring["sky"], expected_by_ring["ground"]
     assert sky != ground
-    assert not torch.equal(
-        encoded[sky].tensors["encoder_hidden_states"],
-        encoded[ground].tensors["encoder_hidden_states"],
-    )
+    assert not torch.equal(adapter.text_of(encoded[sky]), adapter.text_of(encoded[ground]))
 
 
 # --- seams and poles ----------------------------------------------------------------------
@@ -222,9 +235,10 @@ def test_no_seam_and_no_pole_pinch(family, generate):
 
 # --- adapter == the diffusers pipeline's own denoiser call --------------------------------
 
-# case -> (tiny model, pipeline call keyword arguments, pixel size: an 8x8 or 4x4 grid)
+# case -> (tiny model, pipeline call keyword arguments, pixel size: an 8x8 or 4x4 grid,
+# the engine's guidance for that call)
 PARITY = {
-    "sd15": ("sd15", {"negative_prompt": None, "guidance_scale": 7.5}, 64),
+    "sd15": ("sd15", {"negative_prompt": None, "guidance_scale": 7.5}, 64, 7.5),
     # negative_prompt None: SDXL zeroes the unset negative prompt, as the adapter does for "".
     # SDXL's micro-conditioning sizes are the model's native size (128 px for the tiny one).
     "sdxl": (
@@ -236,27 +250,35 @@ PARITY = {
             "target_size": (128, 128),
         },
         64,
+        5.0,
     ),
     "sana": (
         "sana",
-        {
-            "negative_prompt": "",
-            "guidance_scale": 4.5,
-            "use_resolution_binning": False,
-        },
+        {"negative_prompt": "", "guidance_scale": 4.5, "use_resolution_binning": False},
         128,
+        4.5,
     ),
-    "flux": ("flux", {"guidance_scale": 3.5}, 64),
+    "flux": ("flux", {"guidance_scale": 3.5}, 64, 3.5),
     # schnell: no guidance embedding; the adapter encodes 256 T5 tokens like BFL's reference.
-    "flux-schnell": ("flux-schnell", {"guidance_scale": 0.0, "max_sequence_length": 256}, 64),
-    "sd3": ("sd3", {"negative_prompt": "", "guidance_scale": 7.0}, 64),
-    "sd3-dynamic-shift": ("sd3", {"negative_prompt": "", "guidance_scale": 7.0}, 64),
+    "flux-schnell": (
+        "flux-schnell",
+        {"guidance_scale": 0.0, "max_sequence_length": 256},
+        64,
+        0.0,
+    ),
+    "sd3": ("sd3", {"negative_prompt": "", "guidance_scale": 7.0}, 64, 7.0),
+    "sd3-dynamic-shift": ("sd3", {"negative_prompt": "", "guidance_scale": 7.0}, 64, 7.0),
+    "flux2-dev": ("flux2-dev", {"guidance_scale": 4.0}, 64, 4.0),
+    "flux2-klein-base": ("flux2-klein-base", {"guidance_scale": 4.0}, 64, 4.0),
+    # Qwen-Image's guidance is its true CFG scale (its guidance_scale is for distilled models).
+    "qwenimage": ("qwenimage", {"negative_prompt": "", "true_cfg_scale": 4.0}, 64, 4.0),
+    "zimage-base": ("zimage-base", {"guidance_scale": 5.0}, 64, 5.0),
 }
 
 
 @pytest.mark.parametrize("case", PARITY)
 def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan_dir):
-    model, call_kwargs, size = PARITY[case]
+    model, call_kwargs, size, guidance = PARITY[case]
     sphere = load(tiny_folders[model], plan_dir)  # a fresh one: the call below steps its scheduler
     adapter, pipe = sphere.adapter, sphere.adapter.pipe
     if case == "sd3-dynamic-shift":
@@ -265,15 +287,15 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
         )
     prompt = "a city by the sea"
     steps = 3
-    captured = {}
+    captured: list[tuple] = []
 
     def hook(module, args, kwargs, output):
-        captured.setdefault("first", (args, kwargs, output))
+        captured.append((args, kwargs, output))
 
-    handle = _denoiser_module(adapter).register_forward_hook(hook, with_kwargs=True)
+    handle = adapter.denoiser_module.register_forward_hook(hook, with_kwargs=True)
     try:
         pipe(
-            prompt,
+            prompt=prompt,
             height=size,
             width=size,
             num_inference_steps=steps,
@@ -283,14 +305,7 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
         )
     finally:
         handle.remove()
-    args, kwargs, output = captured["first"]
-    x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-    ref = output[0]
     grid = size // adapter.vae_scale_factor
-    if model.startswith("flux"):  # packed sequences -> latent grids
-        x = pipe._unpack_latents(x, size, size, adapter.vae_scale_factor)
-        ref = pipe._unpack_latents(ref, size, size, adapter.vae_scale_factor)
-    assert x.shape[-2:] == (grid, grid)
 
     # The adapter's schedule for this grid (resolution shift included) is the pipeline's.
     scheduler = adapter.make_scheduler(steps, (grid, grid))
@@ -298,28 +313,43 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
     if getattr(scheduler, "sigmas", None) is not None:
         torch.testing.assert_close(scheduler.sigmas, pipe.scheduler.sigmas)
 
-    guidance = call_kwargs["guidance_scale"]
+    # The first step's calls: one batched call under CFG, or one call per prompt (FLUX.2
+    # klein, Qwen-Image), in the pipeline's own order. Each item's prompt is told by the
+    # text the module received; the adapter, given the same items, must answer the same.
     positive = adapter.encode_prompt(prompt)
-    if adapter.uses_cfg(guidance):
-        conds = [adapter.encode_negative_prompt(""), positive]
-        uncond = torch.tensor([True, False])
-    else:
-        conds, uncond = [positive], torch.tensor([False])
-    assert x.shape[0] == len(conds)
-    n = len(conds)
-    inp = DenoiserInput(
-        latents=x,
-        timestep=torch.as_tensor(scheduler.timesteps[0]),
-        conditioning=conds,
-        unconditional=uncond,
-        view_index=torch.zeros(n, dtype=torch.long),
-        view_dirs=torch.zeros(n, 3),
-        rays=torch.zeros(n, grid, grid, 3),
-        step_index=0,
-    )
-    out = adapter.denoise(inp, guidance)
-    assert out.dtype == torch.float32 and out.shape == x.shape
-    torch.testing.assert_close(out, ref.float(), rtol=1e-4, atol=1e-5)
+    negative = adapter.encode_negative_prompt("")
+    cfg = adapter.guidance_rule(guidance, GenerationOptions(prompt=prompt)) is not None
+    evaluations = len(pipe.scheduler.timesteps)  # PNDM evaluates one step twice
+    assert len(captured) % evaluations == 0
+    first_step = captured[: len(captured) // evaluations]
+    items = 0
+    for args, kwargs, output in first_step:
+        x, ref = adapter.grids_from_denoiser_call(args, kwargs, output, (grid, grid))
+        assert x.shape[-2:] == (grid, grid)
+        texts = adapter.text_from_denoiser_call(args, kwargs)
+        uncond = [not torch.equal(t, adapter.text_of(positive).to(t.dtype)) for t in texts]
+        for t, u in zip(texts, uncond, strict=True):
+            if u:  # not the prompt, so the negative one
+                assert torch.equal(t, adapter.text_of(negative).to(t.dtype))
+        conds = [negative if u else positive for u in uncond]
+        n = len(conds)
+        assert x.shape[0] == n
+        items += n
+        inp = DenoiserInput(
+            latents=x,
+            timestep=torch.as_tensor(scheduler.timesteps[0]),
+            conditioning=conds,
+            unconditional=torch.tensor(uncond),
+            view_index=torch.zeros(n, dtype=torch.long),
+            view_dirs=torch.zeros(n, 3),
+            rays=torch.zeros(n, grid, grid, 3),
+            step_index=0,
+        )
+        out = adapter.denoise(inp, guidance)
+        assert out.dtype == torch.float32 and out.shape == x.shape
+        torch.testing.assert_close(out, ref.float(), rtol=1e-4, atol=1e-5)
+    # As many items as the sphere's loop sends: a negative pass exactly when it guides.
+    assert items == (2 if cfg else 1)
 
 
 # --- defaults and limits ------------------------------------------------------------------
@@ -327,8 +357,10 @@ def test_adapter_denoise_matches_the_diffusers_pipeline(case, tiny_folders, plan
 
 def test_family_traits():
     by_family = {a.family: a for a in ADAPTERS}
-    assert set(by_family) == {"sd", "sdxl", "sana", "flux", "sd3", "ltx", "wan"}
-    assert {f for f, a in by_family.items() if a.is_video} == {"ltx", "wan"}
+    assert len(by_family) == len(ADAPTERS)  # one adapter per family
+    classes = [c for a in ADAPTERS for c in a.pipeline_classes]
+    assert len(classes) == len(set(classes))  # one family per pipeline class
+    assert {"ltx", "wan"} <= {f for f, a in by_family.items() if a.is_video}
     assert by_family["sana"].preferred_half == torch.bfloat16
     assert by_family["flux"].preferred_half == torch.bfloat16
     assert by_family["flux"].grid_multiple == by_family["sd3"].grid_multiple == 2
@@ -428,3 +460,38 @@ def test_folder_without_model_index_is_refused(tmp_path, plan_dir):
         load(folder, plan_dir)
     assert "model_index.json" in str(err.value)
     _assert_names_families(str(err.value))
+
+
+def test_a_component_that_needs_a_missing_module_is_refused_by_name(tiny_folders, tmp_path):
+    """FLUX.2 [dev]'s tokenizer (PixtralProcessor) needs torchvision: without it the run is
+    refused before torch loads, naming the module and the install command."""
+    import importlib.util
+    import shutil
+
+    from spherediff_core.runner import precheck_model
+
+    folder = shutil.copytree(tiny_folders["flux2-dev"], tmp_path / "flux2-dev")
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index["tokenizer"] = ["transformers", "PixtralProcessor"]
+    index_path.write_text(json.dumps(index), encoding="utf-8")
+    if importlib.util.find_spec("torchvision") is not None:
+        precheck_model(str(folder))  # installed: nothing to refuse
+        return
+    with pytest.raises(UnsupportedModelError) as err:
+        precheck_model(str(folder))
+    message = str(err.value)
+    assert "PixtralProcessor" in message and "pip install torchvision" in message
+    # The folder as built (a tokenizer without the optional module) passes.
+    precheck_model(str(tiny_folders["flux2-dev"]))
+
+
+def test_a_second_guidance_is_refused_for_a_model_with_one_denoiser(loaded, tiny_folders, tmp_path):
+    """guidance_2 is Wan 2.2 A14B's low-noise expert's scale; elsewhere it would be
+    silently ignored, so it is refused by name."""
+    from spherediff_core.options import OptionsError
+
+    pipe = loaded("sd15")
+    with pytest.raises(OptionsError) as err:
+        pipe(options(tiny_folders["sd15"], tmp_path, guidance_2=3.0))
+    assert err.value.field == "guidance_2" and "Wan 2.2 A14B" in str(err.value)

@@ -16,6 +16,7 @@ from spherediff_core import geometry as g
 from spherediff_core.denoise import (
     DenoiserInput,
     GenerationCancelled,
+    Guidance,
     init_noise_sigma,
     prepare_sphere_latents,
     sphere_denoise,
@@ -158,6 +159,65 @@ def test_denoiser_gets_geometry_and_guidance_is_applied(plan_for):
     torch.testing.assert_close(first.view_dirs, plan.view_dirs[first.view_index].float())
     torch.testing.assert_close(first.rays, plan.rays[first.view_index])
     assert sum(inp.latents.shape[0] for inp in seen) == 2 * 2 * plan.n_views
+
+
+class _EveryOtherStep(Guidance):
+    """A family-style rule: no negative pass on odd steps, and another formula."""
+
+    def scale_at(self, step_index: int, timestep: float) -> float | None:
+        return self.scale if step_index % 2 == 0 else None
+
+    def combine(self, uncond, cond, scale):
+        return cond + scale * (cond - uncond)  # pos + g (pos - neg), as Z-Image
+
+
+def test_a_guidance_rule_sets_the_scale_step_by_step_and_the_formula(plan_for):
+    plan = plan_for(n_points=2_600)
+    scheduler = DDIMScheduler(prediction_type="sample", clip_sample=False, set_alpha_to_one=True)
+    scheduler.set_timesteps(3)
+    negatives_per_step: list[int] = []
+    outputs: list[torch.Tensor] = []
+
+    def denoiser(inp: DenoiserInput) -> torch.Tensor:
+        if inp.step_index == len(negatives_per_step):
+            negatives_per_step.append(0)
+        negatives_per_step[inp.step_index] += int(inp.unconditional.sum())
+        value = torch.tensor([0.0 if c == "neg" else 1.0 for c in inp.conditioning])
+        return value[:, None, None, None].expand_as(inp.latents).clone()
+
+    def record(scheduler_step):
+        def step(model_output, t, sample, **kwargs):
+            outputs.append(model_output.clone())
+            return scheduler_step(model_output, t, sample, **kwargs)
+
+        return step
+
+    scheduler.step = record(scheduler.step)
+    latents = prepare_sphere_latents(plan, 2, generator=torch.Generator())
+    sphere_denoise(
+        denoiser,
+        scheduler,
+        plan,
+        latents,
+        ["pos"] * plan.n_views,
+        negative_conditioning="neg",
+        guidance=_EveryOtherStep(2.0),
+        view_batch_size=16,
+    )
+    # Steps 0 and 2 ran a negative pass for every view, step 1 none.
+    assert negatives_per_step == [plan.n_views, 0, plan.n_views]
+    covered = plan.covered.expand_as(outputs[0])
+    # Guided steps: 1 + 2 * (1 - 0) = 3; the unguided one: the positive prediction, 1.
+    for step, want in ((0, 3.0), (1, 1.0), (2, 3.0)):
+        got = outputs[step][covered]
+        torch.testing.assert_close(got, torch.full_like(got, want))
+    # Without a negative prompt the rule is ignored: no negative pass at all.
+    negatives_per_step.clear()
+    scheduler.set_timesteps(3)
+    sphere_denoise(
+        denoiser, scheduler, plan, latents, ["pos"] * plan.n_views, guidance=Guidance(5.0)
+    )
+    assert negatives_per_step == [0, 0, 0]
 
 
 def test_progress_and_cancel_between_batches(plan_for):

@@ -5,29 +5,24 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
+from spherediff_core.adapters import adapter_for_class
 
 from tests.support.engine_process import run_cli, run_worker
-from tests.support.tiny_pipelines import build_tiny_pipeline
+from tests.support.tiny_pipelines import FAMILIES as TINY_MODELS
+from tests.support.tiny_pipelines import pipeline_class_name
 
-FAMILIES = {"sana": "sana", "sd15": "sd", "sdxl": "sdxl", "flux": "flux", "sd3": "sd3"}
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("family-models")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {name: build_tiny_pipeline(name, root / name) for name in FAMILIES}
-    finally:
-        torch.set_num_threads(before)
+# Every tiny image model (video models: test_every_video_family.py) -> its family code.
+FAMILIES = {
+    key: adapter.family
+    for key in TINY_MODELS
+    if not (adapter := adapter_for_class(pipeline_class_name(key))).is_video
+}
 
 
 @pytest.mark.parametrize("tiny", list(FAMILIES))
-def test_command_and_worker_generate_with_every_family(tiny, tiny_models, engine_env, tmp_path):
-    model = tiny_models[tiny]
+def test_command_and_worker_generate_with_every_family(tiny, tiny_folders, engine_env, tmp_path):
+    model = tiny_folders[tiny]
     common = {"prompt": "a quiet harbour at dusk", "width": 64, "steps": 2, "seed": 11}
     # The command
     cli_out = tmp_path / "cli" / "pano.png"

@@ -11,7 +11,9 @@ the family's diffusers pipeline called with the same initial noise (``latents=``
 
 The sphere pipeline draws its noise as (1, C, [F,] N) from ``torch.Generator().manual_seed
 (seed)``; the identity plan makes that noise the view grid (1, C, [F,] h, w) in raster
-order, which is what diffusers gets (packed for FLUX and LTX-Video). The same generator,
+order, which is what diffusers gets (through the adapter's test hooks ``pipeline_latents``
+and ``grid_from_pipeline_latents``: packed for FLUX and LTX-Video). The test is generic:
+a family adds a :class:`Case` and no branch. The same generator,
 advanced past the noise, goes to diffusers, so stochastic schedulers (LCM, ancestral)
 draw the same step noise on both sides.
 
@@ -49,7 +51,8 @@ class Case:
     model: tiny model folder key; size: the view's pixel side; frames: output frames of a
     video model (None for a still); options: GenerationOptions fields of the sphere run;
     call: the diffusers pipeline's keyword arguments for the same generation; patch: an
-    in-memory change to the loaded pipeline (another scheduler, an LCM UNet)."""
+    in-memory change to the loaded pipeline (another scheduler, an LCM UNet); bf16: also
+    run in bfloat16 (test_one_view_parity_bf16)."""
 
     model: str
     size: int
@@ -59,10 +62,13 @@ class Case:
     patch: str | None = None
     steps: int = STEPS
     fixes: tuple[str, ...] = field(default=())
+    bf16: bool = False
 
 
 CASES = {
-    "sd15": Case("sd15", 64, {"guidance": 7.5}, {"guidance_scale": 7.5, "negative_prompt": None}),
+    "sd15": Case(
+        "sd15", 64, {"guidance": 7.5}, {"guidance_scale": 7.5, "negative_prompt": None}, bf16=True
+    ),
     # issue 9 fix 9: the seeded generator reaches an ancestral scheduler's step.
     "sd15-ancestral": Case(
         "sd15",
@@ -86,12 +92,17 @@ CASES = {
             "original_size": (128, 128),
             "target_size": (128, 128),
         },
+        bf16=True,
     ),
     # issue 9 fix 1: SANA's complex human instruction is ON (SanaPipeline's default).
     "sana": Case(
-        "sana", 128, {"guidance": 4.5}, {"guidance_scale": 4.5, "use_resolution_binning": False}
+        "sana",
+        128,
+        {"guidance": 4.5},
+        {"guidance_scale": 4.5, "use_resolution_binning": False},
+        bf16=True,
     ),
-    "flux-dev": Case("flux", 64, {"guidance": 3.5}, {"guidance_scale": 3.5}),
+    "flux-dev": Case("flux", 64, {"guidance": 3.5}, {"guidance_scale": 3.5}, bf16=True),
     # issue 9 fix 7: FLUX's true CFG with a negative prompt.
     "flux-dev-true-cfg": Case(
         "flux",
@@ -100,22 +111,71 @@ CASES = {
         {"guidance_scale": 3.5, "negative_prompt": "blurry, dark", "true_cfg_scale": 2.5},
     ),
     "flux-schnell": Case(
-        "flux-schnell", 64, {}, {"guidance_scale": 0.0, "max_sequence_length": 256}
+        "flux-schnell", 64, {}, {"guidance_scale": 0.0, "max_sequence_length": 256}, bf16=True
     ),
-    "sd3": Case("sd3", 64, {"guidance": 7.0}, {"guidance_scale": 7.0, "negative_prompt": ""}),
+    "sd3": Case(
+        "sd3", 64, {"guidance": 7.0}, {"guidance_scale": 7.0, "negative_prompt": ""}, bf16=True
+    ),
     "ltx": Case(
         "ltx",
         128,
         {"guidance": 4.5, "fps": 24},
         {"guidance_scale": 4.5, "frame_rate": 24},
         frames=9,
+        bf16=True,
     ),
-    "wan21": Case("wan", 64, {"guidance": 5.0}, {"guidance_scale": 5.0}, frames=5),
+    "wan21": Case("wan", 64, {"guidance": 5.0}, {"guidance_scale": 5.0}, frames=5, bf16=True),
+    # FLUX.2: a sphere point is a BN-normalised 2x2 token (128 ch, 16 px); [dev] embeds the
+    # guidance, klein base runs CFG with an empty negative, a distilled klein neither.
+    "flux2-dev": Case("flux2-dev", 64, {"guidance": 4.0}, {"guidance_scale": 4.0}, bf16=True),
+    "flux2-klein": Case("flux2-klein", 64, {}, {"guidance_scale": 1.0}, bf16=True),
+    "flux2-klein-base": Case(
+        "flux2-klein-base", 64, {"guidance": 4.0}, {"guidance_scale": 4.0}, bf16=True
+    ),
+    # Qwen-Image: true CFG on the model card's negative " " (so the per-token norm rescale runs;
+    # the positive and negative prompts have different token counts).
+    "qwenimage": Case(
+        "qwenimage",
+        64,
+        {"guidance": 4.0, "negative_prompt": " "},
+        {"true_cfg_scale": 4.0, "negative_prompt": " "},
+        bf16=True,
+    ),
+    # Z-Image: Turbo's defaults (no guidance) come from its scheduler config; base guides
+    # with pos + g (pos - neg) for g > 0.
+    "zimage-turbo": Case("zimage-turbo", 64, {}, {"guidance_scale": 0.0}, bf16=True),
+    "zimage-base": Case(
+        "zimage-base",
+        64,
+        {"guidance": 4.0, "negative_prompt": "blurry, dark"},
+        {"guidance_scale": 4.0, "negative_prompt": "blurry, dark"},
+        bf16=True,
+    ),
+    # Wan2.2-TI2V-5B: 48-ch latents, the residual 16x VAE, per-token timesteps.
+    "wan22-ti2v5b": Case("wan22-ti2v5b", 64, {"guidance": 5.0}, {"guidance_scale": 5.0}, frames=5),
+    # Wan2.2-T2V-A14B: the high-noise expert on step 1 (t 999), the low-noise one after
+    # (t 857, 600 < boundary 875), each with its guidance scale (guidance_scale_2).
+    "wan22-a14b": Case(
+        "wan22-a14b",
+        64,
+        {"guidance": 5.0, "guidance_2": 3.0},
+        {"guidance_scale": 5.0, "guidance_scale_2": 3.0},
+        frames=5,
+    ),
+    # HunyuanVideo 1.5: the guider's scale (6) is the default guidance; a quoted negative
+    # prompt runs the ByT5 glyph encoder.
+    "hunyuanvideo15": Case(
+        "hunyuanvideo15",
+        64,
+        {"negative_prompt": 'a sign saying "closed"'},
+        {"negative_prompt": 'a sign saying "closed"'},
+        frames=5,
+    ),
 }
 
 # bf16 runs: the same computation in bfloat16 on both sides; they differ only where the
 # sphere keeps its latents in float32 between steps (diffusers keeps some in bf16).
-BF16_CASES = ("sd15", "sdxl", "sana", "flux-dev", "flux-schnell", "sd3", "ltx", "wan21")
+BF16_CASES = tuple(key for key, case in CASES.items() if case.bf16)
 
 
 @pytest.fixture(scope="session")
@@ -150,32 +210,6 @@ def _patch(pipe, patch: str | None, dtype: torch.dtype) -> None:
         unet = UNet2DConditionModel.from_config({**pipe.unet.config, "time_cond_proj_dim": 32})
         pipe.unet = unet.eval().to(dtype)
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-
-
-def _to_pipeline_latents(pipe, model: str, grid: torch.Tensor) -> torch.Tensor:
-    """The view grid (1, C, [F,] h, w) as the diffusers pipeline's ``latents=`` (in the
-    dtype that pipeline draws its own noise in: its text embeddings' for SD, SDXL and SD3,
-    which do not cast given latents; float32 for SANA, LTX-Video and Wan)."""
-    if model in ("sd15", "sdxl", "sd3"):
-        component = getattr(pipe, "unet", None) or pipe.transformer
-        return grid.to(component.dtype)
-    if model.startswith("flux"):
-        _, c, h, w = grid.shape
-        return pipe._pack_latents(grid, 1, c, h, w)
-    if model == "ltx":
-        return pipe._pack_latents(grid, pipe.transformer_spatial_patch_size, 1)
-    return grid
-
-
-def _from_pipeline_latents(pipe, model: str, out: torch.Tensor, grid_shape) -> torch.Tensor:
-    if model.startswith("flux"):
-        s = pipe.vae_scale_factor
-        return pipe._unpack_latents(out, grid_shape[-2] * s, grid_shape[-1] * s, s)
-    if model == "ltx":
-        _, _, f, h, w = grid_shape
-        p = pipe.transformer_spatial_patch_size
-        return pipe._unpack_latents(out, f, h // p, w // p, p, 1)
-    return out
 
 
 def run_parity(case_id: str, precision: str, folders, tmp_path, monkeypatch):
@@ -241,16 +275,16 @@ def run_parity(case_id: str, precision: str, folders, tmp_path, monkeypatch):
     for output_type in ("latent", "pt"):
         noise, gen = generator_after_noise()
         outputs[output_type] = pipe(
-            PROMPT,
+            prompt=PROMPT,  # FLUX.2 pipelines take an image first
             **size_kw,
             num_inference_steps=case.steps,
-            latents=_to_pipeline_latents(pipe, case.model, noise),
+            latents=adapter.pipeline_latents(noise),
             generator=gen,
             output_type=output_type,
             return_dict=False,
             **case.call,
         )[0]
-    ref_latents = _from_pipeline_latents(pipe, case.model, outputs["latent"], latents.shape)
+    ref_latents = adapter.grid_from_pipeline_latents(outputs["latent"], tuple(latents.shape))
     ref_image = outputs["pt"]
     if video:  # diffusers: (1, F, 3, H, W); the adapter: (1, 3, F, H, W)
         ref_image = ref_image.permute(0, 2, 1, 3, 4)

@@ -56,14 +56,19 @@ handful of merges, ``model_max_length=77``), a Unigram T5 tokenizer (``extra_ids
 
 from __future__ import annotations
 
+import importlib
 import pathlib
 from collections.abc import Callable
 
 import torch
 
-FAMILIES = ("sana", "sd15", "sdxl", "flux", "sd3", "ltx", "wan")
-
-__all__ = ["FAMILIES", "build_tiny_components", "build_tiny_flux_schnell", "build_tiny_pipeline"]
+__all__ = [
+    "FAMILIES",
+    "build_tiny_components",
+    "build_tiny_flux_schnell",
+    "build_tiny_pipeline",
+    "pipeline_class_name",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -153,6 +158,51 @@ def _make_gemma_tokenizer():
     return GemmaTokenizer(
         vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False, model_max_length=8192
     )
+
+
+# Qwen's chat specials (Qwen2.5-VL's and Qwen3's) and a ChatML template that reads plain
+# and list-typed contents (Flux2Pipeline sends [{"type": "text", ...}]); Qwen3's
+# enable_thinking=False adds an empty think block, as the real template does.
+_QWEN_SPECIAL_TOKENS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+_QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+_QWEN_MERGE_WORDS = (*_CLIP_MERGE_WORDS, "image", "video", "by", "user", "system")
+
+
+def _make_qwen_tokenizer():
+    """A byte-level BPE ``Qwen2Tokenizer`` (all 256 byte symbols, a few whole-word merges)
+    with Qwen's chat specials and a ChatML template: the tokenizer of FLUX.2, Qwen-Image,
+    Z-Image and HunyuanVideo 1.5, built in memory."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {s: i for i, s in enumerate(_bytes_to_unicode().values())}
+    merges: list[tuple[str, str]] = []
+    for word in _QWEN_MERGE_WORDS:
+        left = word[0]
+        for right in word[1:]:
+            merges.append((left, right))
+            left += right
+            vocab.setdefault(left, len(vocab))
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(_QWEN_SPECIAL_TOKENS)})
+    tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
+    return tokenizer
 
 
 # --------------------------------------------------------------------------------------
@@ -684,6 +734,19 @@ def _wan(seed: int) -> dict:
     }
 
 
+def _elsewhere(module: str, name: str) -> Callable[[int], dict]:
+    """A builder of another ``tiny_*`` module of this package, imported when it builds
+    (those modules use this one's tokenizer and encoder helpers: importing them here, at
+    import time, would be an import circle)."""
+
+    def build(seed: int) -> dict:
+        return getattr(importlib.import_module(f".{module}", __package__), name)(seed)
+
+    return build
+
+
+# tiny model key -> (diffusers pipeline class, builder). Every key is built once per test
+# session (conftest.tiny_folders); a new family adds its keys here (docs/engine.md).
 _BUILDERS: dict[str, tuple[str, Callable[[int], dict]]] = {
     "sana": ("SanaPipeline", _sana),
     "sd15": ("StableDiffusionPipeline", _sd15),
@@ -692,7 +755,22 @@ _BUILDERS: dict[str, tuple[str, Callable[[int], dict]]] = {
     "sd3": ("StableDiffusion3Pipeline", _sd3),
     "ltx": ("LTXPipeline", _ltx),
     "wan": ("WanPipeline", _wan),
+    "flux2-dev": ("Flux2Pipeline", _elsewhere("tiny_flux2", "flux2_dev")),
+    "flux2-klein": ("Flux2KleinPipeline", _elsewhere("tiny_flux2", "flux2_klein")),
+    "flux2-klein-base": ("Flux2KleinPipeline", _elsewhere("tiny_flux2", "flux2_klein_base")),
+    "qwenimage": ("QwenImagePipeline", _elsewhere("tiny_qwen_zimage", "qwenimage")),
+    "zimage-turbo": ("ZImagePipeline", _elsewhere("tiny_qwen_zimage", "zimage_turbo")),
+    "zimage-base": ("ZImagePipeline", _elsewhere("tiny_qwen_zimage", "zimage_base")),
+    "wan22-ti2v5b": ("WanPipeline", _elsewhere("tiny_video_roster", "wan22_ti2v5b")),
+    "wan22-a14b": ("WanPipeline", _elsewhere("tiny_video_roster", "wan22_a14b")),
+    "hunyuanvideo15": ("HunyuanVideo15Pipeline", _elsewhere("tiny_video_roster", "hunyuanvideo15")),
 }
+FAMILIES = tuple(_BUILDERS)
+
+
+def pipeline_class_name(family: str) -> str:
+    """The diffusers pipeline class a tiny model key builds, e.g. "WanPipeline"."""
+    return _BUILDERS[family][0]
 
 
 def build_tiny_components(family: str, seed: int = 0) -> tuple[type, dict]:

@@ -1,47 +1,45 @@
 """Model adapters, one per family. The family is detected from model_index.json's class.
 
-Image families: SANA, SD 1.x/2.x, SDXL, FLUX.1, SD3. Video families (``is_video``):
-LTX-Video and Wan 2.1/2.2 text-to-video.
+The registry is ``spherediff_core.families.FAMILIES`` (torch-free, so requests are checked
+before anything heavy loads): each entry names its adapter as ``"module:Class"`` in this
+package, and ``ADAPTERS`` is built from it in the same order. Adding a family is a new
+module here and one FamilyFacts entry (docs/engine.md, "Adding a model family").
 """
 
 from __future__ import annotations
 
-from ..errors import UnsupportedModelError
-from ..families import supported_families_text
-from .base import ModelAdapter, PromptEmbedding
-from .flux import FluxAdapter
-from .ltx import LTXVideoAdapter
-from .sana import SanaAdapter
-from .sd import StableDiffusionAdapter
-from .sd3 import StableDiffusion3Adapter
-from .sdxl import StableDiffusionXLAdapter
-from .wan import WanAdapter
+import importlib
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (
-    SanaAdapter,
-    StableDiffusionAdapter,
-    StableDiffusionXLAdapter,
-    FluxAdapter,
-    StableDiffusion3Adapter,
-    LTXVideoAdapter,
-    WanAdapter,
-)
+from ..errors import UnsupportedModelError
+from ..families import FAMILIES, supported_families_text
+from .base import ModelAdapter, PromptEmbedding
+
+
+def _load_adapter(where: str) -> type[ModelAdapter]:
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = tuple(_load_adapter(f.adapter) for f in FAMILIES)
+_BY_NAME = {adapter.__name__: adapter for adapter in ADAPTERS}
 
 __all__ = [
     "ADAPTERS",
-    "FluxAdapter",
-    "LTXVideoAdapter",
     "ModelAdapter",
     "PromptEmbedding",
-    "SanaAdapter",
-    "StableDiffusion3Adapter",
-    "StableDiffusionAdapter",
-    "StableDiffusionXLAdapter",
-    "WanAdapter",
     "adapter_class_for",
     "adapter_for_class",
     "supported_families_text",
+    *_BY_NAME,
 ]
+
+
+def __getattr__(name: str) -> type[ModelAdapter]:
+    """Every adapter class by its name (``from spherediff_core.adapters import WanAdapter``)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def adapter_for_class(class_name: str) -> type[ModelAdapter] | None:

@@ -24,12 +24,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..denoise import DenoiserInput
+from ..denoise import DenoiserInput, Guidance
 from ..families import frames_rule, nearest_valid_frames
 
 __all__ = [
     "ModelAdapter",
     "PromptEmbedding",
+    "ReleasedModel",
     "frames_rule",
     "nearest_valid_frames",
     "stack_conditioning",
@@ -42,6 +43,19 @@ class PromptEmbedding:
 
     text: str
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """One released model of a family as the size and cost tables show it, known without
+    loading it (benchmarks/size_table.py). None: the family's class default."""
+
+    name: str
+    steps: int
+    cfg: bool
+    """Whether a negative pass runs at the default guidance."""
+    vae_scale_factor: int | None = None
+    native_view_px: int | None = None
 
 
 def stack_conditioning(conds: list[PromptEmbedding], device, dtype) -> dict[str, torch.Tensor]:
@@ -94,6 +108,12 @@ class ModelAdapter(ABC):
     """Components that keep their own dtype whatever the precision (e.g. a VAE kept in
     float32, as the family's diffusers recipe does)."""
     display_name: ClassVar[str] = ""
+    denoiser_io_like_pipeline_latents: ClassVar[bool] = False
+    """The denoiser module takes and returns the pipeline's ``latents`` layout (packed
+    tokens), so :meth:`grid_from_pipeline_latents` maps its captured calls too: a test hook."""
+    pipeline_latents_in_model_dtype: ClassVar[bool] = False
+    """The family's diffusers pipeline uses given ``latents=`` in the denoiser's dtype as
+    they are (it draws its own noise in that dtype and never casts): a test hook."""
     """The family's name in messages, e.g. "LTX-Video" (the family code when empty)."""
 
     # --- sizes --------------------------------------------------------------------------
@@ -108,6 +128,13 @@ class ModelAdapter(ABC):
     loads (a loaded adapter reads its VAE's own factor)."""
     """The ERP size preset used when neither size nor width is given: the one whose views
     (at the default FOV) are closest to what the model does well."""
+
+    @classmethod
+    def released_models(cls) -> tuple[ReleasedModel, ...]:
+        """The family's released models with their defaults (the ones a loaded adapter
+        switches to by config, e.g. FLUX.1-schnell's 4 steps), for the size tables."""
+        cfg = cls.default_guidance > 1.0
+        return (ReleasedModel(cls.display_name or cls.family, cls.default_steps, cfg),)
 
     @classmethod
     def smallest_good_view_px(cls) -> int:
@@ -171,6 +198,19 @@ class ModelAdapter(ABC):
         """The classifier-free guidance scale the loop applies; 1.0 means no CFG (no
         negative pass). ``options`` is the GenerationOptions (FLUX reads its true CFG)."""
         return guidance if self.uses_cfg(guidance) else 1.0
+
+    @property
+    def takes_guidance_2(self) -> bool:
+        """Whether the model has a second guidance (``options.guidance_2``): a second,
+        low-noise expert (Wan 2.2 A14B). Elsewhere ``guidance_2`` is refused."""
+        return False
+
+    def guidance_rule(self, guidance: float, options: Any) -> Guidance | None:
+        """How the loop guides: plain CFG at :meth:`cfg_scale` by default, None for no
+        negative pass at all. A family whose pipeline guides otherwise returns its own
+        :class:`~spherediff_core.denoise.Guidance` (per-step scale, another formula)."""
+        scale = float(self.cfg_scale(guidance, options))
+        return Guidance(scale) if scale != 1.0 else None
 
     # --- prompts ------------------------------------------------------------------------
     @abstractmethod
@@ -267,6 +307,49 @@ class ModelAdapter(ABC):
             vae.enable_slicing()
             changed = True
         return changed
+
+    # --- test hooks: how the family's diffusers pipeline and denoiser see the data ------
+    # The family-generic tests (tests/core/test_parity.py, test_adapters.py) compare the
+    # adapter with the family's own diffusers pipeline through these, with no per-family
+    # branch. The defaults fit a UNet or transformer fed (n, C, h, w) latents and
+    # ``encoder_hidden_states``.
+    @property
+    def denoiser_module(self) -> torch.nn.Module:
+        """The network whose call receives the latents and the text (UNet or transformer)."""
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+
+    def text_from_denoiser_call(self, args: tuple, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        """Per batch item, the text embedding one call of :attr:`denoiser_module` got."""
+        return list(kwargs["encoder_hidden_states"].unbind(0))
+
+    def text_of(self, embedding: PromptEmbedding) -> torch.Tensor:
+        """What :meth:`text_from_denoiser_call` shows for an item of that prompt."""
+        return embedding.tensors["encoder_hidden_states"][0]
+
+    def pipeline_latents(self, grid: torch.Tensor) -> torch.Tensor:
+        """A view grid (1, C, [F,] h, w) float32 as the diffusers pipeline's ``latents=``
+        argument (packed, in the dtype that pipeline draws its own noise in)."""
+        return grid.to(self.denoiser_module.dtype) if self.pipeline_latents_in_model_dtype else grid
+
+    def grid_from_pipeline_latents(
+        self, latents: torch.Tensor, grid_shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The pipeline's ``output_type="latent"`` result as a grid of ``grid_shape``."""
+        return latents
+
+    def grids_from_denoiser_call(
+        self, args: tuple, kwargs: dict[str, Any], output: Any, grid_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One captured call of :attr:`denoiser_module`: its latent input and its output,
+        each as grids (n, C, [F,] h, w) with ``grid_shape``'s trailing sizes."""
+        x = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        out = output[0]
+        if self.denoiser_io_like_pipeline_latents:
+            return (
+                self.grid_from_pipeline_latents(x, grid_shape),
+                self.grid_from_pipeline_latents(out, grid_shape),
+            )
+        return x, out
 
     # --- helpers for subclasses -----------------------------------------------------------
     def expand_timestep(self, inp: DenoiserInput) -> torch.Tensor:

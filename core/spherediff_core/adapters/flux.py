@@ -6,32 +6,19 @@ FLUX's sequence of 2x2 patches only for the transformer call and unpacked after 
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from ..denoise import DenoiserInput
-from .base import ModelAdapter, PromptEmbedding, stack_conditioning
-
-
-def calculate_shift(
-    image_seq_len: int,
-    base_seq_len: int = 256,
-    max_seq_len: int = 4096,
-    base_shift: float = 0.5,
-    max_shift: float = 1.15,
-) -> float:
-    """The resolution-dependent timestep shift ``mu`` (FluxPipeline's calculate_shift)."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    b = base_shift - m * base_seq_len
-    return image_seq_len * m + b
+from .base import ModelAdapter, PromptEmbedding, ReleasedModel, stack_conditioning
+from .flow import flow_match_scheduler, linspace_sigmas, shift_from_config
 
 
 class FluxAdapter(ModelAdapter):
     family = "flux"
     pipeline_classes = ("FluxPipeline",)
+    denoiser_io_like_pipeline_latents = True
     # FLUX.1-dev's defaults; a model without a guidance embedding (schnell) gets 4 and 0.
     default_steps = 28
     default_guidance = 3.5
@@ -41,6 +28,14 @@ class FluxAdapter(ModelAdapter):
     default_size = "4K"
     schnell_steps: ClassVar[int] = 4
     schnell_guidance: ClassVar[float] = 0.0
+
+    @classmethod
+    def released_models(cls) -> tuple[ReleasedModel, ...]:
+        # Guidance-distilled: no negative pass at the default guidance.
+        return (
+            ReleasedModel("FLUX.1-dev", cls.default_steps, False),
+            ReleasedModel("FLUX.1-schnell", cls.schnell_steps, False),
+        )
 
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(pipe, device, dtype)
@@ -67,6 +62,17 @@ class FluxAdapter(ModelAdapter):
         negative = getattr(options, "negative_prompt", "") or ""
         return float(true_cfg) if true_cfg > 1.0 and negative.strip() else 1.0
 
+    # --- test hooks: FluxPipeline's latents are sequences of 2x2 patches -----------------
+    def pipeline_latents(self, grid: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = grid.shape
+        return self.pipe._pack_latents(grid, 1, c, h, w)
+
+    def grid_from_pipeline_latents(
+        self, latents: torch.Tensor, grid_shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        s = self.vae_scale_factor
+        return self.pipe._unpack_latents(latents, grid_shape[-2] * s, grid_shape[-1] * s, s)
+
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> PromptEmbedding:
         embeds, pooled, _ = self.pipe.encode_prompt(
@@ -81,21 +87,15 @@ class FluxAdapter(ModelAdapter):
         )
 
     def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        config = scheduler.config
-        image_seq_len = (grid_hw[0] // 2) * (grid_hw[1] // 2)
-        mu = calculate_shift(
-            image_seq_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
+        # FluxPipeline passes mu whatever the config (a static-shift scheduler ignores it).
+        config = self.pipe.scheduler.config
+        return flow_match_scheduler(
+            self.pipe.scheduler,
+            steps,
+            self.device,
+            mu=shift_from_config(config, (grid_hw[0] // 2) * (grid_hw[1] // 2)),
+            sigmas=None if config.get("use_flow_sigmas", False) else linspace_sigmas(steps),
         )
-        kwargs: dict[str, Any] = {"mu": mu}
-        if not config.get("use_flow_sigmas", False):
-            kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
-        scheduler.set_timesteps(steps, device=self.device, **kwargs)
-        return scheduler
 
     @torch.no_grad()
     def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:

@@ -11,21 +11,20 @@ follows the view's sequence length (latent frames x h x w).
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from ..denoise import DenoiserInput
 from .base import ModelAdapter, PromptEmbedding, stack_conditioning
-from .flux import calculate_shift
+from .flow import flow_match_scheduler, linspace_sigmas, shift_from_config
 
 
 class LTXVideoAdapter(ModelAdapter):
     family = "ltx"
     display_name = "LTX-Video"
     pipeline_classes = ("LTXPipeline",)
+    denoiser_io_like_pipeline_latents = True
     # method.md section 8: the paper ran LTX-Video 0.9.1 with 121 frames at 24 fps, 20 steps
     # and guidance 4.5 (121 frames are heavy; fewer frames are much cheaper).
     default_steps = 20
@@ -80,21 +79,28 @@ class LTXVideoAdapter(ModelAdapter):
             prompt, {"encoder_hidden_states": embeds.cpu(), "encoder_attention_mask": mask.cpu()}
         )
 
+    # --- test hooks: LTXPipeline's latents are sequences of patches ----------------------
+    def pipeline_latents(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.pipe._pack_latents(grid, self.patch_size, self.patch_size_t)
+
+    def grid_from_pipeline_latents(
+        self, latents: torch.Tensor, grid_shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        *_, f, h, w = grid_shape
+        p, pt = self.patch_size, self.patch_size_t
+        return self.pipe._unpack_latents(latents, f, h // p, w // p, p, pt)
+
     def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        config = scheduler.config
         p, pt = self.patch_size, self.patch_size_t
         seq_len = (latent_frames // pt) * (grid_hw[0] // p) * (grid_hw[1] // p)
-        mu = calculate_shift(
-            seq_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
+        # LTXPipeline passes mu whatever the config, with FLUX's sigmas.
+        return flow_match_scheduler(
+            self.pipe.scheduler,
+            steps,
+            self.device,
+            mu=shift_from_config(self.pipe.scheduler.config, seq_len),
+            sigmas=linspace_sigmas(steps),
         )
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-        scheduler.set_timesteps(device=self.device, sigmas=sigmas, mu=mu)
-        return scheduler
 
     @torch.no_grad()
     def denoise(self, inp: DenoiserInput, guidance: float, fps: float = 24) -> torch.Tensor:

@@ -13,6 +13,7 @@ from .base import ModelAdapter, PromptEmbedding, stack_conditioning
 class StableDiffusionAdapter(ModelAdapter):
     family = "sd"
     pipeline_classes = ("StableDiffusionPipeline",)
+    pipeline_latents_in_model_dtype = True
     default_steps = 30
     default_guidance = 7.5
     # The panorama never goes through the NSFW checker's image path; don't load it.

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
 
 from ..denoise import DenoiserInput
 from .base import ModelAdapter, PromptEmbedding, stack_conditioning
-from .flux import calculate_shift
+from .flow import flow_match_scheduler
 
 
 class StableDiffusion3Adapter(ModelAdapter):
     family = "sd3"
     pipeline_classes = ("StableDiffusion3Pipeline",)
+    pipeline_latents_in_model_dtype = True
     default_steps = 28
     default_guidance = 7.0
     grid_multiple = 2
@@ -57,21 +57,16 @@ class StableDiffusion3Adapter(ModelAdapter):
         )
 
     def make_scheduler(self, steps: int, grid_hw: tuple[int, int], latent_frames: int = 1) -> Any:
-        scheduler = copy.deepcopy(self.pipe.scheduler)
-        config = scheduler.config
-        kwargs: dict[str, Any] = {}
-        if config.get("use_dynamic_shifting", None):
-            patch = int(self.pipe.transformer.config.patch_size)
-            image_seq_len = (grid_hw[0] // patch) * (grid_hw[1] // patch)
-            kwargs["mu"] = calculate_shift(
-                image_seq_len,
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.16),
-            )
-        scheduler.set_timesteps(steps, device=self.device, **kwargs)
-        return scheduler
+        patch = int(self.pipe.transformer.config.patch_size)
+        image_seq_len = (grid_hw[0] // patch) * (grid_hw[1] // patch)
+        # StableDiffusion3Pipeline's own spacing (no sigmas), its max_shift fallback 1.16.
+        return flow_match_scheduler(
+            self.pipe.scheduler,
+            steps,
+            self.device,
+            image_seq_len=image_seq_len,
+            default_max_shift=1.16,
+        )
 
     @torch.no_grad()
     def denoise(self, inp: DenoiserInput, guidance: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from .sd import guidance_embedding
 class StableDiffusionXLAdapter(ModelAdapter):
     family = "sdxl"
     pipeline_classes = ("StableDiffusionXLPipeline",)
+    pipeline_latents_in_model_dtype = True
     default_steps = 30
     default_guidance = 5.0
     native_view_px = 1024

@@ -1,22 +1,39 @@
-"""Wan 2.1 / 2.2 text-to-video (DiT over 1x2x2 patches, UMT5 text encoder, 8x / 4x video VAE).
+"""Wan 2.1 / 2.2 text-to-video (DiT over 1x2x2 patches, UMT5 text encoder, video VAE).
 
-The sphere holds the VAE's 16-channel latents normalised with the VAE's latents_mean /
-latents_std (WanPipeline's sampling space). The transformer takes a view's
-(n, C, F, h, w) grid directly and patches it itself, so grids only need even sides. The
-schedule is the pipeline's own (flow-matching UniPC with a fixed shift; nothing depends on
-the grid). Wan 2.2's two experts (``transformer_2`` below ``boundary_ratio``) and its
-per-token timesteps (``expand_timesteps``) are followed as WanPipeline does.
+The sphere holds the VAE's latents normalised with the VAE's latents_mean / latents_std
+(WanPipeline's sampling space): 16 channels at 8x / 4x for Wan 2.1 and Wan2.2-T2V-A14B,
+48 channels at 16x / 4x for Wan2.2-TI2V-5B (its residual VAE patchifies 2x2 pixels before
+an 8x encoder). The transformer takes a view's (n, C, F, h, w) grid directly and patches
+it itself, so grids only need even sides. The schedule is the pipeline's own
+(flow-matching UniPC with a fixed shift; nothing depends on the grid). Wan 2.2's two
+experts (``transformer_2`` below ``boundary_ratio``, each with its own guidance scale) and
+its per-token timesteps (``expand_timesteps``) are followed as WanPipeline does.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from ..denoise import DenoiserInput
-from .base import ModelAdapter, PromptEmbedding, stack_conditioning
+from ..denoise import DenoiserInput, Guidance
+from ..options import MAX_FRAMES
+from .base import ModelAdapter, PromptEmbedding, ReleasedModel, stack_conditioning
+
+
+@dataclass(frozen=True)
+class WanExpertGuidance(Guidance):
+    """Wan 2.2 A14B's CFG: ``scale`` while the high-noise expert runs (timestep >=
+    ``boundary_timestep``), ``scale_2`` (WanPipeline's ``guidance_scale_2``) below it
+    (pipeline_wan.py: ``current_guidance_scale``)."""
+
+    scale_2: float = 1.0
+    boundary_timestep: float = 0.0
+
+    def scale_at(self, step_index: int, timestep: float) -> float | None:
+        return self.scale if timestep >= self.boundary_timestep else self.scale_2
 
 
 class WanAdapter(ModelAdapter):
@@ -45,6 +62,14 @@ class WanAdapter(ModelAdapter):
     max_sequence_length: ClassVar[int] = 512
     """UMT5 tokens per prompt, as WanPipeline's default."""
 
+    @classmethod
+    def released_models(cls) -> tuple[ReleasedModel, ...]:
+        # Wan 2.1 and 2.2 A14B share the 8x VAE; TI2V-5B's is 16x, trained at 704 px.
+        return (
+            ReleasedModel("Wan 2.1 T2V / 2.2 T2V-A14B", cls.default_steps, True),
+            ReleasedModel("Wan 2.2 TI2V-5B", cls.default_steps, True, 16, 704),
+        )
+
     def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(pipe, device, dtype)
         self.temporal_compression = int(pipe.vae_scale_factor_temporal)
@@ -55,6 +80,51 @@ class WanAdapter(ModelAdapter):
             None if ratio is None else ratio * pipe.scheduler.config.num_train_timesteps
         )
         self.expand_timesteps = bool(pipe.config.get("expand_timesteps", False))
+        # WanPipeline takes guidance_scale_2 as a call argument only (it defaults to
+        # guidance_scale); a model_index.json that records one is honoured.
+        scale_2 = pipe.config.get("guidance_scale_2", None)
+        self.guidance_scale_2 = None if scale_2 is None else float(scale_2)
+        if self.vae_scale_factor >= 16:
+            # Wan2.2-TI2V-5B (16x VAE): 121 frames at 24 fps, 704 x 1280 (the Wan 2.2
+            # pipeline docs' example and the model card); the class defaults are Wan 2.1's.
+            self.default_frames = 121
+            self.default_fps = 24
+            self.native_view_px = 704
+            self.min_view_px = 528
+            self.typical_vae_scale_factor = 16
+        if pipe.vae.config.get("is_residual", False):
+            # The Wan 2.2 residual VAE's decoder state carries every earlier latent frame
+            # (measured on the tiny model: 3 frames of context leave a mean error of 60% of
+            # the frame-to-frame motion, 5 frames 20%; the whole prefix is exact), so each
+            # chunk is decoded with all the frames before it. Its decoder is causal and runs
+            # frame by frame, so this costs time linear in the prefix, not memory.
+            self.decode_context_latents = ((MAX_FRAMES - 1) // self.temporal_compression + 1, 0)
+
+    @property
+    def takes_guidance_2(self) -> bool:
+        return self.boundary_timestep is not None
+
+    def guidance_rule(self, guidance: float, options: Any) -> Guidance | None:
+        """Plain CFG for one expert; with two, ``guidance`` above the boundary and
+        ``guidance_scale_2`` (or ``guidance`` again) below it. CFG runs iff guidance > 1,
+        as WanPipeline's ``do_classifier_free_guidance``."""
+        rule = super().guidance_rule(guidance, options)
+        if rule is None or self.boundary_timestep is None:
+            return rule
+        scale_2 = getattr(options, "guidance_2", None)
+        if scale_2 is None:
+            scale_2 = rule.scale if self.guidance_scale_2 is None else self.guidance_scale_2
+        return WanExpertGuidance(rule.scale, scale_2, float(self.boundary_timestep))
+
+    def grid_limit(self) -> tuple[int, str] | None:
+        # WanRotaryPosEmbed slices rows [:patches] of a rope_max_seq_len-row table per axis.
+        rows = int(self._model.config.get("rope_max_seq_len", 1024))
+        side = rows * min(self.patch_size[1], self.patch_size[2])
+        return (
+            side,
+            f"its rotary position table covers rope_max_seq_len = {rows} patches of "
+            f"{self.patch_size[1]} latents per side",
+        )
 
     @property
     def _model(self) -> Any:
