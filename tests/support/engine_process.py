@@ -163,3 +163,21 @@ def run_worker(
     worker.close_stdin()
     events = worker.events(timeout)
     return worker.wait(timeout), events, worker
+
+
+def run_cli_and_worker(
+    args: list[str],
+    job: dict[str, Any],
+    env: dict[str, str],
+    tmp: Path,
+    timeout: float = 300,
+) -> tuple[subprocess.CompletedProcess, tuple[int, list[dict[str, Any]], WorkerProcess]]:
+    """The command (``args``) and a worker (``job``) run side by side: (the command's
+    CompletedProcess, run_worker's result). Each engine process uses one thread, so on a
+    2-core machine the pair takes about the time of one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        cli = pool.submit(run_cli, args, env, timeout)
+        worker = pool.submit(run_worker, [], env, tmp, job, timeout)
+        return cli.result(), worker.result()
