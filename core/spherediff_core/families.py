@@ -16,6 +16,7 @@ from .options import MAX_FRAMES, GenerationOptions, OptionsError
 __all__ = [
     "FAMILIES",
     "FamilyFacts",
+    "check_guidance_2",
     "check_steps",
     "check_video_request",
     "facts_for_class",
@@ -41,6 +42,9 @@ class FamilyFacts:
     default_fps: int | None = None
     skipped_components: tuple[str, ...] = ()
     """Components the adapter loads as None (its load_kwargs): never read, so not checked."""
+    second_expert: str | None = None
+    """The model_index.json component of a second (low-noise) denoiser, present in the
+    models that take ``guidance_2`` (Wan 2.2 A14B's ``transformer_2``)."""
 
     @property
     def name(self) -> str:
@@ -74,6 +78,7 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         ("WanPipeline",),
         "wan:WanAdapter",
         display_name="Wan",
+        second_expert="transformer_2",
         is_video=True,
         temporal_compression=4,
         default_frames=81,
@@ -140,6 +145,22 @@ def check_steps(options: GenerationOptions, family: Any) -> None:
         raise OptionsError(
             "steps",
             f"{options.steps} is too few for {name}; use {family.min_steps} or more",
+        )
+
+
+def check_guidance_2(options: GenerationOptions, family: FamilyFacts, index: Any) -> None:
+    """Refuse ``guidance_2`` for a model without a second denoiser, read from its
+    model_index.json before anything loads (the loaded adapter checks again)."""
+    if options.guidance_2 is None:
+        return
+    expert = family.second_expert
+    entry = index.get(expert) if expert and isinstance(index, dict) else None
+    if not (isinstance(entry, list | tuple) and len(entry) == 2 and entry[1]):
+        raise OptionsError(
+            "guidance_2",
+            f"{options.guidance_2} is set, but {family.name} has one denoiser and one "
+            "guidance; leave guidance_2 unset (it is the low-noise expert's guidance of "
+            "Wan 2.2 A14B)",
         )
 
 

@@ -460,7 +460,7 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> Mode
     model, a still from a video model, a frame count its VAE cannot take, too few steps).
     """
     from . import modelcheck
-    from .families import check_steps, check_video_request
+    from .families import check_guidance_2, check_steps, check_video_request
 
     _route_hub_logs()
     revision = options.revision if options is not None else None
@@ -478,6 +478,7 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> Mode
     if options is not None:
         check_steps(options, family)
         check_video_request(options, family)
+        check_guidance_2(options, family, index)
     return ModelCheck(family, offline=hub_offline)
 
 

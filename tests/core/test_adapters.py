@@ -495,3 +495,21 @@ def test_a_second_guidance_is_refused_for_a_model_with_one_denoiser(loaded, tiny
     with pytest.raises(OptionsError) as err:
         pipe(options(tiny_folders["sd15"], tmp_path, guidance_2=3.0))
     assert err.value.field == "guidance_2" and "Wan 2.2 A14B" in str(err.value)
+
+
+def test_a_second_guidance_is_refused_before_loading_unless_the_model_has_two_experts(
+    tiny_folders,
+):
+    """The check before torch loads reads model_index.json: Wan 2.1 (one transformer) is
+    refused, Wan 2.2 A14B (transformer_2) takes it."""
+    from spherediff_core.options import OptionsError
+    from spherediff_core.runner import precheck_model
+
+    def request(model: str) -> GenerationOptions:
+        folder = str(tiny_folders[model])
+        return GenerationOptions(prompt="x", model=folder, video=True, frames=5, guidance_2=3.0)
+
+    with pytest.raises(OptionsError) as err:
+        precheck_model(str(tiny_folders["wan"]), request("wan"))
+    assert err.value.field == "guidance_2" and "Wan 2.2 A14B" in str(err.value)
+    precheck_model(str(tiny_folders["wan22-a14b"]), request("wan22-a14b"))
