@@ -9,6 +9,7 @@ Modules by role:
 * ``worker_client``: the worker subprocess and its JSON-lines events (no bpy),
 * ``world``: the World's node chain, the image files and the Sun lamp,
 * ``camera_match``: where a plate seen through the scene camera sits (Extend Image),
+* ``history``: the scene's generations (restore, seeds, variations, drafts to finals),
 * ``installer``: the worker's virtual environment (no bpy).
 """
 
@@ -17,8 +18,9 @@ if "bpy" in locals():  # re-enabling the add-on after an edit: reload in depende
 
     worker_client = importlib.reload(worker_client)  # noqa: F821
     installer = importlib.reload(installer)  # noqa: F821
-    properties = importlib.reload(properties)  # noqa: F821
     world = importlib.reload(world)  # noqa: F821
+    history = importlib.reload(history)  # noqa: F821 - before properties: its PropertyGroup
+    properties = importlib.reload(properties)  # noqa: F821
     camera_match = importlib.reload(camera_match)  # noqa: F821
     preferences = importlib.reload(preferences)  # noqa: F821
     operators = importlib.reload(operators)  # noqa: F821
@@ -26,6 +28,7 @@ if "bpy" in locals():  # re-enabling the add-on after an edit: reload in depende
 else:
     from . import (
         camera_match,
+        history,
         installer,
         operators,
         panels,
@@ -41,6 +44,7 @@ classes = (
     *properties.classes,
     *preferences.classes,
     *operators.classes,
+    *history.classes,
     *panels.classes,
 )
 
@@ -63,6 +67,7 @@ def unregister() -> None:
 
 __all__ = [
     "camera_match",
+    "history",
     "installer",
     "operators",
     "panels",

@@ -6,10 +6,16 @@ fresh staging folder (``tempfile.mkdtemp``); only a finished image (or, for an a
 world, the finished frame sequence) is saved into the output folder (saving.py: whole
 files only, across file systems too, its sidecar rewritten to describe them) and loaded into the
 World, in one undo step. On failure or cancel the staging folder is removed and the World
-and the scene's frame range and rate are exactly as they were.
+and the scene's frame range and rate are exactly as they were. Live previews
+(world.LivePreview) only swap the scene's World for one of their own while the job runs;
+the scene's own World is back, untouched, before a result is loaded or when it fails.
+
+Jobs run on the warm worker (worker_client.WARM) unless several GPUs are set or Keep Model
+Loaded is off; a generation with ``Generation.seeds`` runs one job per seed on it.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -25,14 +31,18 @@ import bpy
 from bpy.props import BoolProperty, StringProperty
 from bpy.types import Operator
 
-from . import camera_match, installer, properties, saving, worker_client, world
+from . import camera_match, history, installer, properties, saving, worker_client, world
 from .preferences import (
     default_model_id,
     default_video_model_id,
     get_preferences,
     gpu_plan,
+    keep_model_loaded,
+    live_preview,
     offline_forced,
+    preview_every,
     resolve_worker_python,
+    unload_after_s,
     user_folder,
     venv_folder,
 )
@@ -79,7 +89,14 @@ def validate_options(options: dict) -> str:
 
 # --------------------------------------------------------------------------- the job
 class Generation:
-    """The running generation: its worker run, staging folder and settings."""
+    """The running generation: its worker run, staging folder and settings.
+
+    One generation may run several jobs, one after another on the same warm worker:
+    ``seeds`` are the seeds still to run after the current job (Variations fills it),
+    ``results`` the result events of the jobs that succeeded. ``run``, ``staging`` and
+    ``options`` are the current job's. ``preview``: the current job's live preview in the
+    World (world.LivePreview), None until its first preview arrives.
+    """
 
     def __init__(
         self,
@@ -96,6 +113,10 @@ class Generation:
         self.values = values
         self.options = options
         self.notes = list(notes or [])  # warnings for the report (e.g. Pack Image ignored)
+        self.seeds: list[int] = []
+        self.results: list[dict] = []
+        self.preview = None
+        self.launch: dict = {}  # how start_next_job starts the next job (python, gpus...)
         self._last_print = 0.0
         self._last_phase = ""
         self._last_text = ""
@@ -135,6 +156,8 @@ IMPLIED_SWITCHES = (
     ("steps", "auto_steps", False),
     ("guidance", "auto_guidance", False),
     ("seed", "random_seed", False),
+    ("seed", "exact_seed", ""),  # (history: a seed beyond Seed's range, as text)
+    ("exact_seed", "random_seed", False),
     ("fps", "auto_fps", False),
     ("custom_model", "model_preset", "CUSTOM"),
     ("width", "size", "CUSTOM"),
@@ -253,6 +276,8 @@ def build_options(values: dict, prefs, output: str) -> dict:
     else:
         width = properties.SIZE_WIDTHS[values["size"]]
     seed = random.randint(0, properties.MAX_SEED) if values["random_seed"] else values["seed"]
+    if not values["random_seed"] and values.get("exact_seed", "").strip():
+        seed = int(values["exact_seed"])  # history: Reuse Seed of a seed beyond 32 bits
     cache_dir = bpy.path.abspath(prefs.cache_dir).strip() if prefs and prefs.cache_dir else ""
     return {
         "prompt": values["prompt"],
@@ -288,6 +313,11 @@ def build_options(values: dict, prefs, output: str) -> dict:
         ),
         # HDR: stills only (animated worlds stay LDR); absent otherwise, as before.
         **({"hdr": True} if values.get("hdr") and not values.get("video") else {}),
+        # ---- history: Draft. The draft's width and steps replace the ones above, and
+        # final_width is the width this job would have without Draft (the engine draws
+        # that final's noise and pools it onto the draft's sphere, so Make Final makes
+        # the same world). Absent without Draft, as before.
+        **(properties.draft_options(values, model) if values.get("draft") else {}),
     }
 
 
@@ -343,28 +373,182 @@ def start_generation(context, op=None) -> tuple[Generation | None, str]:
 
         # A video's outputs are named by the stem: world_frames/frame_0001.png..., world.mp4
         options["output"] = str(staging / ("world.png" if values["video"] else "panorama.png"))
-        log = None
-        with contextlib.suppress(OSError):
-            log = user_folder(create=True) / "worker.log"
-            how = f", {gpus.processes} processes (torchrun)" if gpus.distributed else ""
-            if gpus.visible_devices is not None:
-                how += f", CUDA_VISIBLE_DEVICES={gpus.visible_devices}"
-            log.write_text(f"SphereDiff worker {python} (from {source}){how}, {time.ctime()}\n")
-        run = worker_client.GenerationRun(
-            python,
-            options,
-            env=worker_client.worker_env(offline=options["offline"]),
-            stderr_log=log,
-            # Made for this job alone: should Blender die, the worker removes it too.
-            extra_job={"staging_dir": str(staging)},
-            cwd=str(staging),
-            gpus=gpus,
-        )
+        every = preview_steps(op, prefs)
+        if every and engine_knows("preview_every"):  # absent without previews, as before
+            options["preview_every"] = every
+        launch = {
+            "python": python,
+            "source": source,
+            "gpus": gpus,
+            "keep": keep_model_loaded(prefs),
+            "idle_s": unload_after_s(prefs),
+        }
+        run = new_run(launch, options, staging)
         if not run.start():
             shutil.rmtree(staging, ignore_errors=True)
             return None, run.failure.message
         _ACTIVE = Generation(run, staging, scene.name, values, options, notes)
+        _ACTIVE.launch = launch
         return _ACTIVE, ""
+
+
+def new_run(launch: dict, options: dict, staging: Path):
+    """The worker run of one job: on the warm worker (Keep Model Loaded, one process),
+    else in a worker of its own (several GPUs, or Keep Model Loaded off), the warm one
+    stopped first so that its model's memory is free."""
+    python, gpus = launch["python"], launch["gpus"]
+    how = f", {gpus.processes} processes (torchrun)" if gpus.distributed else ""
+    if gpus.visible_devices is not None:
+        how += f", CUDA_VISIBLE_DEVICES={gpus.visible_devices}"
+    header = f"SphereDiff worker {python} (from {launch['source']}){how}, {time.ctime()}"
+    log = None
+    with contextlib.suppress(OSError):
+        log = user_folder(create=True) / "worker.log"
+    common = {
+        "env": worker_client.worker_env(offline=options["offline"]),
+        "stderr_log": log,
+        # Made for this job alone: should Blender die, the worker removes it too.
+        "extra_job": {"staging_dir": str(staging)},
+        "cwd": str(staging),
+        "gpus": gpus,
+        "preview_dir": staging,
+    }
+    if launch["keep"] and not gpus.distributed:
+        worker_client.WARM.idle_s = launch["idle_s"]
+        # (The warm worker itself runs in a neutral folder: staging folders are per job.)
+        return worker_client.ServedRun(python, options, log_header=header, **common)
+    worker_client.WARM.stop()
+    if log is not None:
+        with contextlib.suppress(OSError):
+            log.write_text(header + "\n")
+    return worker_client.GenerationRun(python, options, **common)
+
+
+def preview_steps(op, prefs) -> int:
+    """Denoising steps between live previews for this run (0: none). The preferences'
+    Live Preview decides, except in background mode (no viewport to show them in), where
+    a script asks for them with ``preview=True``; ``preview=False`` turns them off."""
+    props = getattr(op, "properties", None)
+    if (
+        props is not None
+        and "preview" in props.bl_rna.properties
+        and props.is_property_set("preview")
+    ):
+        wanted = bool(op.preview)
+    else:
+        wanted = live_preview(prefs) and not bpy.app.background
+    return preview_every(prefs) if wanted else 0
+
+
+def engine_knows(name: str) -> bool:
+    """Whether the bundled engine's GenerationOptions has the field ``name`` (so that a
+    job never carries a field its engine would refuse)."""
+    module = engine_options_module()
+    if module is None:
+        return False
+    return name in {f.name for f in dataclasses.fields(module.GenerationOptions)}
+
+
+def start_next_job(context, gen: Generation) -> str:
+    """Start the job of the next seed in ``gen.seeds`` (after a finished job) with the
+    same settings, on the same warm worker; "" or why it could not start."""
+    global _ACTIVE
+    seed = int(gen.seeds.pop(0))
+    staging = Path(tempfile.mkdtemp(prefix="spherediff-"))
+    options = dict(gen.options)
+    options["seed"] = seed
+    options["output"] = str(staging / Path(gen.options["output"]).name)
+    scene = bpy.data.scenes.get(gen.scene_name) or context.scene
+    if gen.values.get("extend_image"):  # a data-block is saved into the new staging folder
+        known, problem = known_image_options(gen.values, scene, staging)
+        if problem:
+            shutil.rmtree(staging, ignore_errors=True)
+            return problem
+        options.update(known)
+    run = new_run(gen.launch, options, staging)
+    if not run.start():
+        shutil.rmtree(staging, ignore_errors=True)
+        return run.failure.message
+    with _LOCK:
+        gen.run, gen.staging, gen.options, gen.preview = run, staging, options, None
+        _ACTIVE = gen
+    return ""
+
+
+def report_notes(gen: Generation, report) -> None:
+    """What the current run says about the worker itself (a warm worker restarted), at
+    once: ``report(kind, text)``, and printed in background mode."""
+    for note in gen.run.notes:
+        report("WARNING", f"SphereDiff: {note}")
+        if bpy.app.background:
+            print(f"SphereDiff: {note}", flush=True)
+    gen.run.notes.clear()
+
+
+def next_job(context, gen: Generation, report) -> tuple[bool, str] | None:
+    """The current job is over: load its result into the World (or put the World back).
+    With seeds left after a success, start the next seed's job and return None (still
+    running); else the generation's (ok, message)."""
+    report_notes(gen, report)  # (a worker replaced during the job)
+    ok, message = finish_generation(context, gen)
+    if ok:
+        gen.results.append(gen.run.result)
+    if not (ok and gen.seeds):
+        return ok, message
+    report("INFO", f"SphereDiff: {message}")
+    if bpy.app.background:
+        print(f"SphereDiff: {message}", flush=True)
+    error = start_next_job(context, gen)
+    if error:
+        gen.seeds.clear()
+        return False, error
+    report_notes(gen, report)
+    return None
+
+
+def run_generation(context, gen: Generation, report) -> tuple[bool, str]:
+    """Run a started generation to its end in this thread (scripts, background mode):
+    its job, then one job per seed left in ``gen.seeds``, progress printed; (ok, message)
+    of the last job. Ctrl+C cancels the running job."""
+    report_notes(gen, report)
+
+    def progress(run) -> None:
+        gen.print_progress(run)
+        show_latest_preview(gen)  # (with preview=True: for a script watching the World)
+
+    while True:
+        model, seed = gen.options["model"], gen.options["seed"]
+        print(f"SphereDiff: generating with {model} (seed {seed})", flush=True)
+        worker_client.run_blocking(gen.run, progress)
+        outcome = next_job(context, gen, report)
+        if outcome is not None:
+            return outcome
+
+
+def show_latest_preview(gen: Generation) -> bool:
+    """Show the current job's newest preview (one that came since the last call) as the
+    World; True when one was shown."""
+    shot = gen.run.take_preview()
+    if shot is None or gen.run.finished:
+        return False
+    scene = bpy.data.scenes.get(gen.scene_name)
+    if scene is None:
+        return False
+    if gen.preview is None:
+        gen.preview = world.LivePreview(scene)
+    return gen.preview.show(
+        scene,
+        Path(shot["path"]),
+        rotation_z=gen.values["rotation_z"],
+        strength=gen.values["strength"],
+    )
+
+
+def end_preview(gen: Generation) -> None:
+    """Put the scene's own World back and remove the preview's World and image."""
+    preview, gen.preview = gen.preview, None
+    if preview is not None:
+        preview.end()
 
 
 # --------------------------------------------------------------------------- known image
@@ -505,9 +689,13 @@ class VideoResult:
 
 
 def finish_generation(context, gen: Generation) -> tuple[bool, str]:
-    """Load the result into the World (on success) and clean up. Returns (ok, message)."""
+    """Load the result into the World (on success) and clean up. Returns (ok, message).
+
+    The job's live preview ends first: the scene's own World is back, exactly as it was,
+    before a result is loaded into it (or, on failure and cancel, for good)."""
     global _ACTIVE
     run = gen.run
+    end_preview(gen)
     scene = bpy.data.scenes.get(gen.scene_name) or context.scene
     settings = scene.spherediff
     try:
@@ -522,7 +710,10 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
             return False, message
         result = run.result
         if gen.values.get("video"):
-            return _finish_video(scene, gen, result)
+            ok, message = _finish_video(scene, gen, result)
+            if ok:
+                history.record(context, gen, result)  # history: every result, World loaded
+            return ok, message
         folder = world.output_folder(gen.values["output_dir"])
         seed = int(result.get("seed", gen.options["seed"]))
         exr = result.get("exr") if gen.options.get("hdr") else None
@@ -575,6 +766,7 @@ def finish_generation(context, gen: Generation) -> tuple[bool, str]:
         settings.last_fps = 0
         store_sun(settings, exr is not None, sun)
         settings.last_error = ""
+        history.record(context, gen, result)  # history: every result, World loaded
         what = sun_summary(sun, lamp) if exr is not None else ""
         return True, (f"{shown.name}{what} (seed {seed}, {worker_client.format_seconds(seconds)})")
     finally:
@@ -691,6 +883,8 @@ def abort_active() -> None:
         gen, _ACTIVE = _ACTIVE, None
     if gen is not None:
         gen.run.abort()
+        with contextlib.suppress(ReferenceError, RuntimeError):  # (a file being unloaded)
+            end_preview(gen)
         shutil.rmtree(gen.staging, ignore_errors=True)
 
 
@@ -719,7 +913,18 @@ class SPHEREDIFF_OT_generate(Operator):
     # Operation" panel would re-run a whole generation on every tweak.
     bl_options = {"UNDO"}
 
-    __annotations__ = properties.generation_properties(live_update=False)
+    __annotations__ = {
+        **properties.generation_properties(live_update=False),
+        "preview": BoolProperty(
+            name="Live Preview",
+            description=(
+                "Show the panorama forming as the World while it is denoised (unset: the "
+                "preferences' Live Preview; in background mode only when set)"
+            ),
+            default=True,
+            options={"SKIP_SAVE"},
+        ),
+    }
 
     _timer = None
     _generation = None
@@ -748,6 +953,7 @@ class SPHEREDIFF_OT_generate(Operator):
         if gen is None:
             return self._failed(context, error)
         self._generation = gen
+        report_notes(gen, self._report)
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_INTERVAL_S, window=context.window)
         wm.modal_handler_add(self)
@@ -762,8 +968,14 @@ class SPHEREDIFF_OT_generate(Operator):
             tag_redraw(context)
             return {"RUNNING_MODAL"}
         if event.type == "TIMER":
-            if gen.run.pump():
-                return self._done(context)
+            done = gen.run.pump()
+            # Only the newest preview of this tick is shown (the run keeps no other).
+            if not done and show_latest_preview(gen):
+                tag_redraw(context, ("VIEW_3D",))
+            if done:
+                outcome = next_job(context, gen, self._report)
+                if outcome is not None:
+                    return self._done(context, *outcome)
             tag_redraw(context)
         return {"PASS_THROUGH"}
 
@@ -778,21 +990,25 @@ class SPHEREDIFF_OT_generate(Operator):
         if gen is None:
             return self._failed(context, error)
         self._generation = gen
-        print(f"SphereDiff: generating with {gen.options['model']} (seed {gen.options['seed']})")
-        worker_client.run_blocking(gen.run, gen.print_progress)
-        return self._done(context)
+        return self._done(context, *run_generation(context, gen, self._report))
 
     # -- helpers ------------------------------------------------------------------------
-    def _done(self, context):
+    def _report(self, kind: str, text: str) -> None:
+        self.report({kind}, text)
+
+    def _done(self, context, ok: bool, message: str):
         self._remove_timer(context)
         gen = self._generation
         self._generation = None
-        ok, message = finish_generation(context, gen)
-        tag_redraw(context)
+        tag_redraw(context, ("PROPERTIES", "STATUSBAR", "PREFERENCES", "VIEW_3D"))
+        for note in gen.notes:
+            self.report({"WARNING"}, f"SphereDiff: {note}")
         if ok:
-            for note in gen.notes:
-                self.report({"WARNING"}, f"SphereDiff: {note}")
             self.report({"INFO"}, f"SphereDiff: {message}")
+            return {"FINISHED"}
+        if gen.results:  # earlier seeds finished: the World shows the last of them
+            done = len(gen.results)
+            self.report({"WARNING"}, f"SphereDiff: {message} (after {done} finished)")
             return {"FINISHED"}
         if gen.run.failure is not None and gen.run.failure.code == "cancelled":
             self.report({"WARNING"}, f"SphereDiff: {message}")
@@ -811,6 +1027,32 @@ class SPHEREDIFF_OT_generate(Operator):
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
             self._timer = None
+
+
+class SPHEREDIFF_OT_unload_model(Operator):
+    """Stop the worker that keeps the model loaded and free its GPU and main memory"""
+
+    bl_idname = "spherediff.unload_model"
+    bl_label = "Unload Model"
+
+    @classmethod
+    def poll(cls, context):
+        if _ACTIVE is not None:
+            cls.poll_message_set("Wait until the running generation is done")
+            return False
+        if not worker_client.WARM.running():
+            cls.poll_message_set("No model is loaded: the worker is not running")
+            return False
+        return True
+
+    def execute(self, context):
+        pid = worker_client.WARM.pid
+        if not worker_client.WARM.stop_if_idle():
+            self.report({"WARNING"}, "SphereDiff: no idle worker to stop")
+            return {"CANCELLED"}
+        tag_redraw(context)
+        self.report({"INFO"}, f"SphereDiff: model unloaded (worker {pid} stopped)")
+        return {"FINISHED"}
 
 
 class SPHEREDIFF_OT_cancel(Operator):
@@ -1141,6 +1383,7 @@ class SPHEREDIFF_OT_install_dependencies(Operator):
             )
         venv = venv_folder()
         user_folder(create=True)
+        worker_client.WARM.stop()  # its Python is about to be replaced
         steps = installer.plan_steps(
             sys.executable, venv, wheel, folder or None, self.with_dependencies
         )
@@ -1204,6 +1447,8 @@ def _print_install_progress(shown_step: int) -> int:
 # --------------------------------------------------------------------------- handlers
 @bpy.app.handlers.persistent
 def _on_load_pre(*_args):
+    # A running generation belongs to the file being closed: it is stopped. An idle warm
+    # worker stays: its model belongs to no file, and the next file generates at once.
     abort_active()
 
 
@@ -1216,11 +1461,13 @@ def unregister_handlers() -> None:
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
     abort_active()
+    worker_client.WARM.stop()  # disabling the add-on: no worker left behind
 
 
 classes = (
     SPHEREDIFF_OT_generate,
     SPHEREDIFF_OT_cancel,
+    SPHEREDIFF_OT_unload_model,
     SPHEREDIFF_OT_lift_to_hdr,
     SPHEREDIFF_OT_check_worker,
     SPHEREDIFF_OT_install_dependencies,

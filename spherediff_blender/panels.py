@@ -5,7 +5,7 @@ from pathlib import Path
 import bpy
 from bpy.types import Panel
 
-from . import camera_match, operators, properties, worker_client
+from . import camera_match, history, operators, properties, worker_client
 from .preferences import ADDON_PACKAGE, get_preferences, offline_forced, resolve_worker_python
 
 
@@ -113,7 +113,25 @@ class WORLD_PT_spherediff_settings(_SphereDiffPanel, Panel):
         row.prop(s, "random_seed", text="Random")
         sub = row.row(align=True)
         sub.active = not s.random_seed
-        sub.prop(s, "seed", text="")
+        # A seed beyond the Seed field's 32 bits (from Reuse Seed) is shown as its text.
+        sub.prop(s, "exact_seed" if s.exact_seed else "seed", text="")
+        row.operator("spherediff.copy_seed", text="", icon="COPYDOWN")
+        row.operator("spherediff.reuse_seed", text="", icon="RECOVER_LAST")
+        problem = properties.seed_problem(s)
+        if problem:
+            _wrapped_label(col, problem, "ERROR", 50)
+
+        col = layout.column(heading="Draft")
+        row = col.row(align=True)
+        row.prop(s, "draft", text="")
+        sub = row.row(align=True)
+        sub.active = s.draft
+        sub.prop(s, "draft_size", text="")
+        sub.prop(s, "draft_steps", text="Steps")
+        if s.draft:
+            problem = properties.draft_problem(s, _model_id(context, s))
+            if problem:
+                _wrapped_label(col, problem, "ERROR", 50)
 
 
 class WORLD_PT_spherediff_extend(_SphereDiffPanel, Panel):
@@ -267,10 +285,19 @@ class WORLD_PT_spherediff_generate(_SphereDiffPanel, Panel):
                 text="Generate Animated World" if s.video else "Generate World",
                 icon="RENDER_ANIMATION" if s.video else "WORLD",
             )
+            # Several seeds in one go; a draft (Draft on) made again at full size.
+            row = layout.row(align=True)
+            row.operator("spherediff.variations", icon="DUPLICATE")
+            row.prop(s, "variation_count", text="")
+            row.operator("spherediff.make_final", icon="RENDER_STILL")
             if problem:
                 _wrapped_label(layout, problem, "ERROR")
             elif not s.prompt.strip():
                 layout.label(text="Write a prompt to generate", icon="INFO")
+            if worker_client.WARM.running():  # issue 15: the warm worker keeps the model
+                row = layout.row(align=True)
+                row.label(text="Model loaded: the next generation starts at once")
+                row.operator("spherediff.unload_model", text="", icon="UNLINKED")
 
         if s.last_image:
             box = layout.box()
@@ -300,6 +327,48 @@ class WORLD_PT_spherediff_generate(_SphereDiffPanel, Panel):
                 col.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
 
 
+class WORLD_PT_spherediff_history(_SphereDiffPanel, Panel):
+    """The scene's generations (history.py): restore one as the World in one click."""
+
+    bl_label = "History"
+    bl_parent_id = "WORLD_PT_spherediff"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.spherediff
+        row = layout.row()
+        row.template_list("SPHEREDIFF_UL_history", "", s, "history", s, "history_index", rows=4)
+        col = row.column(align=True)
+        col.operator("spherediff.history_restore", text="", icon="LOOP_BACK")
+        col.operator("spherediff.history_remove", text="", icon="REMOVE")
+        col.separator()
+        col.operator("spherediff.copy_seed", text="", icon="COPYDOWN")
+        col.operator("spherediff.reuse_seed", text="", icon="RECOVER_LAST")
+        entry = history.active_entry(context.scene)
+        if entry is None:
+            layout.label(text="Generated Worlds are listed here", icon="INFO")
+            return
+        box = layout.box()
+        if entry.thumbnail is not None:
+            box.template_icon(icon_value=layout.icon(entry.thumbnail), scale=5.0)
+        col = box.column(align=True)
+        for i, line in enumerate(operators.wrap(entry.prompt or "(no prompt)", 60)):
+            col.label(text=line, icon="WORLD" if i == 0 else "BLANK1")
+        kind = f"draft of {history.size_label(entry.final_width)}" if entry.draft else "final"
+        steps = f"{entry.steps} steps" if entry.steps else "auto steps"
+        col.label(text=f"Seed {entry.seed}, {history.size_label(entry.width)} {kind}, {steps}")
+        col.label(text=f"{history.model_label(entry.model)}, {history.time_label(entry.time)}")
+        row = box.row(align=True)
+        row.operator("spherediff.history_restore", icon="LOOP_BACK")
+        if entry.draft:
+            row.operator("spherediff.make_final", icon="RENDER_STILL").index = list(
+                s.history
+            ).index(entry)
+        problem = history.restore_problem(entry)
+        if problem:
+            _wrapped_label(box, problem, "ERROR", 50)
+
+
 def draw_status_bar(self, context):
     """Progress in the status bar while a generation runs."""
     gen = operators.active_generation()
@@ -326,4 +395,5 @@ classes = (
     WORLD_PT_spherediff_extend,
     WORLD_PT_spherediff_output,
     WORLD_PT_spherediff_generate,
+    WORLD_PT_spherediff_history,
 )

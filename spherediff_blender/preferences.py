@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences
 
 from . import installer, worker_client
@@ -112,6 +112,34 @@ def gpu_plan(prefs, device: str | None = None) -> worker_client.GpuPlan:
     )
 
 
+def keep_model_loaded(prefs) -> bool:
+    return bool(prefs.keep_model_loaded) if prefs is not None else True
+
+
+def unload_after_s(prefs) -> float:
+    """The warm worker's idle limit in seconds (0: none)."""
+    minutes = prefs.unload_after if prefs is not None else worker_client.DEFAULT_IDLE_S / 60
+    return max(0.0, float(minutes)) * 60.0
+
+
+def live_preview(prefs) -> bool:
+    return bool(prefs.live_preview) if prefs is not None else True
+
+
+def preview_every(prefs) -> int:
+    return max(1, int(prefs.preview_every)) if prefs is not None else 2
+
+
+def _warm_changed(self, _context) -> None:
+    # Off: the idle warm worker goes now (a running job keeps it until it ends).
+    if not self.keep_model_loaded:
+        worker_client.WARM.stop_if_idle()
+
+
+def _unload_after_changed(self, _context) -> None:
+    worker_client.WARM.set_idle(unload_after_s(self))
+
+
 def offline_forced() -> bool:
     """Blender's "Allow Online Access" is off (or Blender runs with --offline-mode)."""
     return not getattr(bpy.app, "online_access", True)
@@ -206,6 +234,50 @@ class SphereDiffPreferences(AddonPreferences):
         ),
         default="",
     )
+    keep_model_loaded: BoolProperty(
+        name="Keep Model Loaded",
+        description=(
+            "Keep the worker and its loaded model between generations, so the next "
+            "generation with the same model starts denoising at once (its GPU and main "
+            "memory stay in use until it is unloaded). Off: every generation starts a new "
+            "worker and loads the model again"
+        ),
+        default=True,
+        update=_warm_changed,
+    )
+    unload_after: FloatProperty(
+        name="Unload After",
+        description=(
+            "Minutes without a generation after which the model is unloaded (the worker "
+            "stops and frees its memory); 0: keep it until Blender quits or Unload Model"
+        ),
+        default=worker_client.DEFAULT_IDLE_S / 60.0,
+        min=0.0,
+        soft_min=0.0,
+        soft_max=120.0,
+        step=100,
+        precision=1,
+        update=_unload_after_changed,
+    )
+    live_preview: BoolProperty(
+        name="Live Preview",
+        description=(
+            "While denoising, show the panorama forming as the World (in the viewport's "
+            "Rendered shading, or Material Preview with Scene World on); the World is "
+            "restored if the generation is cancelled or fails. Background mode: only for "
+            "scripts that pass preview=True"
+        ),
+        default=True,
+    )
+    preview_every: IntProperty(
+        name="Preview Every",
+        description="Denoising steps between live previews (each costs a little time)",
+        default=2,
+        min=1,
+        max=1000,
+        soft_min=1,
+        soft_max=10,
+    )
     default_model: EnumProperty(
         name="Default Model",
         description="The model used when a scene's model is set to Preferences Default",
@@ -259,6 +331,15 @@ class SphereDiffPreferences(AddonPreferences):
         row = box.row(align=True)
         row.operator("spherediff.check_worker", icon="VIEWZOOM")
         _draw_check_result(box)
+        box.prop(self, "keep_model_loaded")
+        row = box.row()
+        row.enabled = self.keep_model_loaded
+        row.prop(self, "unload_after", text="Unload After (minutes)")
+        _draw_warm_worker(box)
+        box.prop(self, "live_preview")
+        row = box.row()
+        row.enabled = self.live_preview
+        row.prop(self, "preview_every")
 
         # Installer
         box = layout.box()
@@ -328,6 +409,18 @@ class SphereDiffPreferences(AddonPreferences):
                 if plan.visible_devices is not None:
                     text += f" on GPUs {plan.visible_devices}"
                 box.label(text=text, icon="CHECKMARK")
+
+
+def _draw_warm_worker(layout) -> None:
+    """The warm worker's state and the Unload Model button."""
+    served = worker_client.WARM.current
+    row = layout.row()
+    if served is not None and served.process.running():
+        what = f"Model loaded: {served.model}" if served.model else "Worker running"
+        row.label(text=f"{what} (worker {served.pid})", icon="CHECKMARK")
+    else:
+        row.label(text="No model loaded", icon="INFO")
+    row.operator("spherediff.unload_model", icon="UNLINKED")
 
 
 def _draw_check_result(layout) -> None:

@@ -16,12 +16,15 @@ from pathlib import Path
 import bpy
 from bpy.props import (
     BoolProperty,
+    CollectionProperty,
     EnumProperty,
     FloatProperty,
     IntProperty,
     StringProperty,
 )
 from bpy.types import PropertyGroup
+
+from . import history
 
 # (identifier, label, description, Hub id). SphereDiff drives these families; any other
 # diffusers folder of the same families works as "Custom".
@@ -379,7 +382,78 @@ VALUE_RANGES = {
     "image_fov": (math.radians(1.0), math.radians(170.0)),
     "image_feather": (0.0, math.radians(45.0)),
     "image_strength": (0.05, 1.0),
+    "draft_steps": (1, MAX_STEPS),
 }
+ENGINE_MAX_SEED = 2**63 - 1  # spherediff_core.options.MAX_SEED (Exact Seed's range)
+
+# Draft sizes: (identifier, label, description, number); the numbers never change once
+# released (see SCENE_MODEL_NUMBERS).
+DRAFT_SIZE_ITEMS = (
+    ("1K", "1K", "Drafts of 1024 x 512 pixels: quick, coarse", 0),
+    ("2K", "2K", "Drafts of 2048 x 1024 pixels (for 4K and 8K finals)", 1),
+    ("4K", "4K", "Drafts of 4096 x 2048 pixels (for 8K finals)", 2),
+)
+DRAFT_WIDTHS = {"1K": 1024, "2K": 2048, "4K": 4096}
+
+
+def final_width_for(values, model_id: str) -> int | None:
+    """The width a non-draft run of these settings makes (Size, or with Auto the model's
+    own size, as the engine picks it); None when Auto and the model's size is unknown
+    (a Custom model: the engine knows its family only once it has read it)."""
+    get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+    size = get("size")
+    if size == "CUSTOM":
+        return int(get("width"))
+    if size in SIZE_WIDTHS:
+        return SIZE_WIDTHS[size]
+    key = get("model_preset")
+    if key not in PRESET_SIZES:
+        key = next((k for k, v in MODEL_IDS.items() if v == model_id), "")
+    return SIZE_WIDTHS[PRESET_SIZES[key][2]] if key in PRESET_SIZES else None
+
+
+def draft_options(values, model_id: str) -> dict:
+    """A draft's job options: its width and steps, and ``final_width``, the width of the
+    final it is a draft of (the engine draws the final's noise and pools it onto the
+    draft's sphere, so Make Final at that width makes the same world)."""
+    get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+    options = {"width": DRAFT_WIDTHS[get("draft_size")], "steps": int(get("draft_steps"))}
+    final = final_width_for(values, model_id)
+    if final is not None:
+        options["final_width"] = final  # (draft_problem refuses a smaller one)
+    return options
+
+
+def seed_problem(values) -> str:
+    """Why the Exact Seed text cannot be a seed (empty: it can, or it is empty)."""
+    get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+    text = (get("exact_seed") or "").strip()
+    if not text or (text.isascii() and text.isdigit() and int(text) <= ENGINE_MAX_SEED):
+        return ""
+    return (
+        f"exact_seed: {text!r} is not a seed; type a whole number from 0 to "
+        f"{ENGINE_MAX_SEED}, or clear it to use Seed"
+    )
+
+
+def draft_problem(values, model_id: str) -> str:
+    """Why a draft of these settings cannot be made (empty: it can, or Draft is off)."""
+    get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+    if not get("draft"):
+        return ""
+    final = final_width_for(values, model_id)
+    if final is None:
+        return (
+            "Draft needs the final's size, and Size Auto is not known for a Custom model "
+            "before it loads: choose a Size (1K, 2K, 4K, 8K or Custom) for the final"
+        )
+    width = DRAFT_WIDTHS[get("draft_size")]
+    if width > final:
+        return (
+            f"Draft Size {get('draft_size')} ({width} px) is larger than the final's "
+            f"{final} px: choose a smaller Draft Size or a larger Size"
+        )
+    return ""
 
 
 def value_problem(key: str, value) -> str:
@@ -555,6 +629,9 @@ def generation_problem(values, model_id: str) -> str:
     ``values`` is the scene's settings or the dict the operator resolved.
     """
     get = values.get if isinstance(values, dict) else lambda key: getattr(values, key)
+    problem = seed_problem(values) or draft_problem(values, model_id)
+    if problem:
+        return problem
     video = bool(get("video"))
     info = model_info(get("model_preset"), model_id)
     problem = kind_problem(video, info)
@@ -578,6 +655,12 @@ def _update_world(self, context):
     if isinstance(scene, bpy.types.Scene):
         world.update_live_settings(scene, self.rotation_z, self.strength, self.loop)
         world.update_sun_lamp(scene, self.rotation_z, self.sun_strength)
+
+
+def _update_seed(self, context):
+    """A seed typed into Seed is meant: an Exact Seed left from Reuse Seed would win."""
+    if self.exact_seed:
+        self.exact_seed = ""
 
 
 def _update_video(self, context):
@@ -705,6 +788,41 @@ def generation_properties(live_update: bool) -> dict:
             description="Starting noise: the same seed and settings give the same image",
             default=0,
             **_number_range("seed", live_update),
+            options=opts,
+            **({"update": _update_seed} if live_update else {}),
+        ),
+        "exact_seed": StringProperty(
+            name="Exact Seed",
+            description=(
+                f"A seed beyond Seed's range, up to {ENGINE_MAX_SEED}, as digits (Reuse "
+                "Seed fills it for such a seed): used instead of Seed while Random is off; "
+                "empty: Seed"
+            ),
+            default="",
+            options=opts,
+        ),
+        "draft": BoolProperty(
+            name="Draft",
+            description=(
+                "Make a quick draft: Draft Size and Draft Steps instead of Size and Steps, "
+                "from the noise of the full-size final, so Make Final (the same seed, "
+                "prompts and model at full size and steps) makes the same world, sharper"
+            ),
+            default=False,
+            options=opts,
+        ),
+        "draft_size": EnumProperty(
+            name="Draft Size",
+            description="Width of a draft (its height is half of it)",
+            items=DRAFT_SIZE_ITEMS,
+            default="1K",
+            options=opts,
+        ),
+        "draft_steps": IntProperty(
+            name="Draft Steps",
+            description="Denoising steps of a draft",
+            default=8,
+            **_number_range("draft_steps", live_update, soft_min=2, soft_max=30),
             options=opts,
         ),
         "output_dir": StringProperty(
@@ -973,20 +1091,44 @@ class SPHEREDIFF_PG_settings(PropertyGroup):
         ),
         # The preset of the other kind (image / video), restored when Animated is toggled.
         "other_model_preset": StringProperty(options={"HIDDEN"}),
+        # The scene's generations (history.py), the selected one, and how many seeds
+        # Variations runs.
+        "history": CollectionProperty(
+            type=history.SPHEREDIFF_PG_history_entry,
+            name="History",
+            description="The scene's generations, newest last",
+        ),
+        "history_index": IntProperty(
+            name="Selected Generation",
+            description="The history entry that Restore, Copy Seed and Reuse Seed act on",
+            default=-1,
+            min=-1,
+        ),
+        "variation_count": IntProperty(
+            name="Variations",
+            description="How many seeds Variations runs (each its own files and history entry)",
+            default=4,
+            min=1,
+            max=history.VARIATIONS_MAX,
+            soft_max=16,
+        ),
         "last_error": StringProperty(
             name="Last Error", description="Why the last generation failed (empty: it did not)"
         ),
     }
 
 
-classes = (SPHEREDIFF_PG_settings,)
+# (A history entry's PropertyGroup first: the settings hold a collection of them.)
+classes = (history.SPHEREDIFF_PG_history_entry, SPHEREDIFF_PG_settings)
 
 
 def register_properties() -> None:
     bpy.types.Scene.spherediff = bpy.props.PointerProperty(
         type=SPHEREDIFF_PG_settings, name="SphereDiff", description="SphereDiff settings"
     )
+    history.register_handlers()  # the history's paths follow the .blend on save
 
 
 def unregister_properties() -> None:
+    history.unregister_handlers()
     del bpy.types.Scene.spherediff

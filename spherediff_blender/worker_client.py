@@ -13,6 +13,13 @@ is still running after :data:`TERMINATE_AFTER_S` and kills it after :data:`KILL_
 The worker gets this process's id (``--parent-pid``) and keeps watching it: if Blender
 dies, the worker stops by itself within two seconds and removes the job's files.
 
+The warm worker (issue 15): :data:`WARM` keeps one worker started with ``--serve`` alive
+between jobs, with the model loaded; :class:`ServedRun` is a job on it, which ends at its
+own ``result`` or ``error`` (not at the end of the worker's output). It is replaced when a
+job needs another Python, environment or device, when it died (the user is told), and it
+is stopped after an idle limit, by Unload Model, when the add-on is disabled and at exit.
+Several GPUs (torchrun) and Keep Model Loaded off use a one-shot :class:`GenerationRun`.
+
 Every Python this module (and the installer) starts is started by :func:`python_argv`:
 never with the current folder on ``sys.path`` and in a known working folder
 (:func:`neutral_cwd`), so a ``json.py`` lying in the folder Blender was started from is
@@ -26,11 +33,13 @@ events, so the protocol is the same.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +59,7 @@ TERMINATE_AFTER_S = 0.4  # after "cancel": SIGTERM / CTRL_BREAK_EVENT to the pro
 KILL_AFTER_S = 0.8  # then SIGKILL / TerminateProcess: stopped within a second
 EXIT_WAIT_S = 5.0  # how long a worker may take to exit after its stdout closed
 EOF = "_eof"  # pseudo event: the worker closed its standard output
+PREVIEW_COPY_NAME = "live-preview.png"  # the newest preview, copied into preview_dir
 
 # Variables of Blender's own Python that must not leak into the worker's Python.
 _FOREIGN_ENV = (
@@ -273,6 +283,8 @@ class WorkerProcess:
         self.cancel_sent_at: float | None = None
         self.terminated = False
         self.killed = False
+        self.terminate_after_s = TERMINATE_AFTER_S  # after "cancel" (see escalate)
+        self.kill_after_s = KILL_AFTER_S
 
     # -- life cycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -300,6 +312,13 @@ class WorkerProcess:
 
     def returncode(self) -> int | None:
         return self.proc.poll() if self.proc is not None else None
+
+    def close_input(self) -> None:
+        """Close the worker's standard input: a serving worker exits 0 between jobs."""
+        if self.proc is None or self.proc.stdin is None:
+            return
+        with self._stdin_lock, contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
 
     def send_line(self, text: str) -> bool:
         """Write one line to the worker's standard input; False if it is gone."""
@@ -339,9 +358,9 @@ class WorkerProcess:
         if self.cancel_sent_at is None or not self.running():
             return
         waited = time.monotonic() - self.cancel_sent_at
-        if waited >= KILL_AFTER_S and not self.killed:
+        if waited >= self.kill_after_s and not self.killed:
             self.kill()
-        elif waited >= TERMINATE_AFTER_S and not self.terminated:
+        elif waited >= self.terminate_after_s and not self.terminated:
             self.terminate()
 
     def terminate(self) -> None:
@@ -469,7 +488,13 @@ class GenerationRun:
 
     Attributes read by the UI: ``phase``, ``step``, ``total``, ``eta_s``, ``message``,
     ``fraction`` (the whole job, 0..1), ``hello`` (the worker's hello event), and at the end
-    ``result`` (the result event) or ``failure`` (a :class:`WorkerFailure`).
+    ``result`` (the result event) or ``failure`` (a :class:`WorkerFailure`). ``notes``:
+    sentences for the user about the worker itself (a warm worker restarted).
+
+    Live previews (the job's ``preview_every``): the worker deletes older preview files as
+    it goes, so each :meth:`pump` copies the newest preview it saw at once into
+    ``preview_dir`` (a preview already gone is skipped); :meth:`take_preview` hands that
+    copy out, once.
     """
 
     def __init__(
@@ -481,6 +506,7 @@ class GenerationRun:
         extra_job: dict[str, Any] | None = None,
         cwd: str | None = None,
         gpus: GpuPlan | None = None,
+        preview_dir: Path | None = None,
     ) -> None:
         self.python = python
         self.job = {"protocol": PROTOCOL, "options": options, **(extra_job or {})}
@@ -509,6 +535,13 @@ class GenerationRun:
         self._cancel = threading.Event()
         self._eof = False
         self.finished = False
+        self.notes: list[str] = []
+        self.phases: list[str] = []  # the progress phases seen, in order (load: a cold model)
+        self.first_denoise_s: float | None = None  # from the run's start to denoising
+        self.preview_dir = preview_dir
+        self.previews_seen = 0
+        self._preview_event: dict[str, Any] | None = None
+        self._preview: dict[str, Any] | None = None
 
     # -- control ----------------------------------------------------------------------
     def start(self) -> bool:
@@ -558,7 +591,30 @@ class GenerationRun:
             self._conclude()
         elif self._cancel.is_set():
             self.process.escalate()
+        else:
+            self._copy_preview()
         return self.finished
+
+    def take_preview(self) -> dict[str, Any] | None:
+        """The newest preview copied since the last call (``path``, ``step``, ``total``),
+        or None."""
+        shot, self._preview = self._preview, None
+        return shot
+
+    def _copy_preview(self) -> None:
+        """Copy the newest announced preview now: the worker removes older ones."""
+        event, self._preview_event = self._preview_event, None
+        if event is None or self.preview_dir is None:
+            return
+        source = event.get("image")
+        if not isinstance(source, str) or not source:
+            return
+        copy = Path(self.preview_dir) / PREVIEW_COPY_NAME
+        try:
+            shutil.copyfile(source, copy)
+        except OSError:  # already removed by the worker (a newer one follows): skip it
+            return
+        self._preview = {"path": str(copy), "step": event.get("step"), "total": event.get("total")}
 
     def abort(self) -> None:
         """Stop at once (Blender is closing the file, the add-on is being disabled)."""
@@ -586,6 +642,9 @@ class GenerationRun:
             self.message = "Worker started"
         elif kind == "progress":
             self._progress(event)
+        elif kind == "preview":
+            self._preview_event = event
+            self.previews_seen += 1
         elif kind == "result":
             self.result = event
         elif kind == "error":
@@ -600,6 +659,10 @@ class GenerationRun:
         except (TypeError, ValueError):
             step, total = 0, 0
         eta = event.get("eta_s")
+        if not self.phases or self.phases[-1] != phase:
+            self.phases.append(phase)
+        if phase == "denoise" and self.first_denoise_s is None:
+            self.first_denoise_s = time.monotonic() - self.started_at
         self.phase, self.step, self.total = phase, step, total
         self.eta_s = float(eta) if isinstance(eta, (int, float)) else None
         self.message = str(event.get("message") or phase)
@@ -613,7 +676,10 @@ class GenerationRun:
         if code is None:  # closed stdout but hangs: stop it
             self.process.kill()
             code = self.process.wait(EXIT_WAIT_S)
-        stderr = list(self.process.stderr_tail)
+        self._decide(code, list(self.process.stderr_tail))
+
+    def _decide(self, code: int | None, stderr: list[str]) -> None:
+        """End the run by what it got: a result, a cancel, an error, or else the exit."""
         if self.result is not None and not self._cancel.is_set():
             image = self.result.get("image")
             if isinstance(image, str) and os.path.isfile(image):
@@ -684,6 +750,450 @@ def run_blocking(run: GenerationRun, report=None, interval: float = 0.1) -> None
             report(run)
         if done:
             return
+
+
+# --------------------------------------------------------------------------------------
+# The warm worker: one ``--serve`` worker keeps the model loaded between jobs
+# --------------------------------------------------------------------------------------
+
+SERVE_ARG = "--serve"
+DEFAULT_IDLE_S = 600.0  # the preferences' Unload After: 10 minutes
+# A serving worker answers "cancel" and keeps its model; one that cannot stop by itself
+# exits 130 after its own stop deadline (1.2 s). Only a worker that hangs beyond that is
+# ended, so a cancel during a long model call does not cost the loaded model.
+SERVE_TERMINATE_AFTER_S = 1.5
+SERVE_KILL_AFTER_S = 2.0
+STOP_WAIT_S = 3.0  # after its input closes a serving worker exits (torch's teardown)
+
+
+def exit_text(code: int | None) -> str:
+    """How a process ended, for people: ``exit code 1``, ``killed by SIGKILL``."""
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        return f"killed by {_signal_name(code)}"
+    return f"exit code {code}"
+
+
+def restart_note(code: int | None) -> str:
+    """What the user is told when the warm worker had died by itself."""
+    return (
+        f"the SphereDiff worker had stopped ({exit_text(code)}); started a new one (the "
+        "model loads again)"
+    )
+
+
+@dataclass(frozen=True)
+class WarmKey:
+    """What a warm worker was started with. A job with another key gets a new worker:
+    another worker Python, another environment (offline, the Hugging Face variables, GPU
+    ids...) or another device (so a model on the GPU never stays loaded beside one on the
+    CPU). Model, precision and the rest are the worker's business: it reloads for them."""
+
+    python: str
+    device: str
+    env: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, python: str, device: Any, env: dict[str, str] | None) -> WarmKey:
+        env = dict(os.environ if env is None else env)
+        return cls(python, str(device or "auto"), tuple(sorted(env.items())))
+
+
+class ServedWorker:
+    """One warm worker process and what the add-on knows of it."""
+
+    def __init__(self, process: WorkerProcess, key: WarmKey) -> None:
+        self.process = process
+        self.key = key
+        self.hello: dict[str, Any] | None = None
+        self.serving: bool | None = None  # the hello's "serve" (None until it came)
+        self.jobs = 0  # jobs sent to it
+        self.busy = False
+        self.model: str | None = None  # the last job's model (what it holds loaded)
+        self.idle_since = time.monotonic()
+        self.expected_exit = False  # ended by the add-on: unload, idle, an unanswered cancel
+        self.death_reported = False  # a job already failed because it died
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+def _log_line(path: Path | None, text: str, append: bool) -> None:
+    if path is None or not text:
+        return
+    with contextlib.suppress(OSError), open(path, "a" if append else "w", encoding="utf-8") as fh:
+        fh.write(text.rstrip("\n") + "\n")
+
+
+def _ended(process: WorkerProcess) -> bool:
+    """Whether an idle worker has ended: exited, or its output closed (a process that is
+    exiting may not be reapable yet), then reaped."""
+    if not process.running():
+        return True
+    if not any(event.get("event") == EOF for event in process.get_events()):
+        return False  # (an idle worker's other events are stale: dropped)
+    if process.wait(EXIT_WAIT_S) is None:
+        process.kill()
+        process.wait(EXIT_WAIT_S)
+    return True
+
+
+def _stop_served(served: ServedWorker) -> None:
+    """Close its input (a serving worker then exits 0 between jobs; during a job, with
+    --parent-pid, it cancels and cleans up first), SIGKILL if it lingers; reap it."""
+    served.expected_exit = True
+    process = served.process
+    if process.running():
+        process.close_input()
+        if process.wait(STOP_WAIT_S) is None:
+            process.kill()
+    process.close()
+
+
+class WarmWorker:
+    """At most one warm worker (``--serve``) for the whole add-on: :data:`WARM`.
+
+    :meth:`acquire` hands out the worker for a job's :class:`WarmKey`: the running one when
+    the key matches, else a new one (the old one stopped first, so two models never share
+    the memory); one that died while idle is replaced, and the note says so. After each
+    job :meth:`release` starts the idle clock: after ``idle_s`` seconds without a job (0:
+    no limit) its standard input is closed and it exits, freeing the model's memory. A
+    worker Python whose engine cannot serve (no ``"serve": true`` in its hello) is
+    remembered, and its jobs run one-shot. Thread-safe (the idle timer is a thread).
+    """
+
+    def __init__(self, idle_s: float = DEFAULT_IDLE_S) -> None:
+        self._lock = threading.RLock()
+        self._served: ServedWorker | None = None
+        self._timer: threading.Timer | None = None
+        self._one_shot: set[WarmKey] = set()
+        self._next_id = 0
+        self.idle_s = idle_s
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def current(self) -> ServedWorker | None:
+        return self._served
+
+    def running(self) -> bool:
+        served = self._served
+        return served is not None and served.process.running()
+
+    @property
+    def pid(self) -> int | None:
+        served = self._served
+        return served.pid if served is not None and served.process.running() else None
+
+    def busy(self) -> bool:
+        served = self._served
+        return served is not None and served.busy
+
+    def serves(self, key: WarmKey) -> bool:
+        """False once a worker started with ``key`` said it cannot serve."""
+        return key not in self._one_shot
+
+    def mark_one_shot(self, key: WarmKey) -> None:
+        self._one_shot.add(key)
+
+    # -- jobs ---------------------------------------------------------------------------
+    def acquire(
+        self,
+        key: WarmKey,
+        argv: list[str],
+        env: dict[str, str] | None,
+        stderr_log: Path | None = None,
+        log_header: str = "",
+    ) -> tuple[ServedWorker, int, str]:
+        """(worker, job id, note): the warm worker for ``key``, started if needed, marked
+        busy. ``note`` tells the user when the previous one had died by itself. Raises
+        OSError when the interpreter cannot be started."""
+        with self._lock:
+            self._cancel_timer()
+            note = ""
+            served = self._served
+            if served is not None and served.busy:
+                raise RuntimeError("the warm worker is busy with another job")
+            if served is not None and _ended(served.process):
+                if not (served.expected_exit or served.death_reported):
+                    note = restart_note(served.process.returncode())
+                served.process.close()
+                served = self._served = None
+            elif served is not None and served.key != key:
+                self._served = None
+                _stop_served(served)
+                served = None
+            if served is None:
+                _log_line(stderr_log, log_header, append=False)
+                process = WorkerProcess(argv, env=env, cwd=neutral_cwd(), stderr_log=stderr_log)
+                process.terminate_after_s = SERVE_TERMINATE_AFTER_S
+                process.kill_after_s = SERVE_KILL_AFTER_S
+                process.start()
+                served = self._served = ServedWorker(process, key)
+            else:
+                _log_line(stderr_log, f"--- next job, {time.ctime()}", append=True)
+            # A new job: its own cancel and escalation (the process is the same).
+            served.process.cancel_sent_at = None
+            served.process.terminated = served.process.killed = False
+            served.busy = True
+            served.jobs += 1
+            self._next_id += 1
+            return served, self._next_id, note
+
+    def release(self, served: ServedWorker) -> None:
+        """The job on ``served`` is over: keep it warm (idle clock) or let it go."""
+        with self._lock:
+            served.busy = False
+            served.idle_since = time.monotonic()
+            keep = served.serving and not served.expected_exit and served.process.running()
+            if self._served is served and keep:
+                self._schedule(served)
+                return
+            if self._served is served:
+                self._served = None
+        served.process.close()
+
+    # -- stopping -----------------------------------------------------------------------
+    def stop(self) -> bool:
+        """Stop the warm worker now (Unload Model, quitting, disabling the add-on); True
+        if there was one. Waits up to :data:`STOP_WAIT_S` for it to exit."""
+        with self._lock:
+            self._cancel_timer()
+            served, self._served = self._served, None
+        if served is None:
+            return False
+        _stop_served(served)
+        return True
+
+    def stop_if_idle(self) -> bool:
+        """:meth:`stop`, unless a job is running on it."""
+        with self._lock:
+            if self.busy():
+                return False
+            return self.stop()
+
+    def set_idle(self, seconds: float) -> None:
+        """Change the idle limit (the preference); an idle worker's clock goes on."""
+        with self._lock:
+            self.idle_s = max(0.0, float(seconds))
+            served = self._served
+            self._cancel_timer()
+            if served is not None and not served.busy:
+                self._schedule(served)
+
+    def _schedule(self, served: ServedWorker) -> None:
+        self._cancel_timer()
+        if self.idle_s <= 0:
+            return
+        delay = max(0.0, self.idle_s - (time.monotonic() - served.idle_since))
+        timer = threading.Timer(delay, self._on_idle, args=(served, served.idle_since))
+        timer.daemon = True
+        timer.name = "spherediff-warm-idle"
+        self._timer = timer
+        timer.start()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_idle(self, served: ServedWorker, since: float) -> None:
+        with self._lock:
+            if self._served is not served or served.busy or served.idle_since != since:
+                return  # a job came in the meantime
+            self._served = None
+            self._timer = None
+        _stop_served(served)
+
+
+WARM = WarmWorker()
+"""The add-on's warm worker (stopped at exit, by unregister and by Unload Model)."""
+atexit.register(WARM.stop)
+
+
+class ServedRun(GenerationRun):
+    """One job on the warm worker (:data:`WARM`, ``--serve``): the job line carries an
+    ``id``, the events carrying another id (a late event of an earlier job) are dropped,
+    and the run ends at the job's ``result`` or ``error`` while the worker stays for the
+    next job with the model loaded (``loaded``: whether this job loaded it).
+
+    A cancel sends ``cancel``; a worker that has not answered it when its own stop deadline
+    is past (:data:`SERVE_TERMINATE_AFTER_S`, :data:`SERVE_KILL_AFTER_S`) is ended, and the
+    next job starts a new one. A worker that dies during the job fails the job like a one-shot
+    worker would. An engine without ``--serve`` (its hello has no ``"serve": true``): the
+    job runs one-shot, in that process or (when it refused ``--serve``) in a new one.
+    """
+
+    def __init__(
+        self,
+        python: str,
+        options: dict[str, Any],
+        env: dict[str, str] | None = None,
+        stderr_log: Path | None = None,
+        extra_job: dict[str, Any] | None = None,
+        gpus: GpuPlan | None = None,
+        preview_dir: Path | None = None,
+        pool: WarmWorker | None = None,
+        log_header: str = "",
+        cwd: str | None = None,
+    ) -> None:
+        super().__init__(
+            python,
+            options,
+            env=env,
+            stderr_log=stderr_log,
+            extra_job=extra_job,
+            cwd=cwd,
+            gpus=gpus,
+            preview_dir=preview_dir,
+        )
+        self.pool = pool or WARM
+        self.env = env
+        self.stderr_log = stderr_log
+        self.log_header = log_header
+        # The one-shot process the parent made (not started): the fallback.
+        self._one_shot_process = self.process
+        self.key = WarmKey.of(python, options.get("device"), self.process.env)
+        self.served: ServedWorker | None = None
+        self.job_id: int | None = None
+        self.one_shot = False
+        self.loaded: bool | None = None  # the result's "loaded": this job loaded the model
+        self._retried = False
+        self._reused = False  # the worker had served earlier jobs
+        self._answered = False  # an event of this job came
+
+    def start(self) -> bool:
+        if not self.pool.serves(self.key):
+            return self._start_one_shot()
+        argv, env = launch_command(
+            self.python, [SERVE_ARG, "--parent-pid", str(os.getpid())], self.gpus, self.env
+        )
+        try:
+            served, job_id, note = self.pool.acquire(
+                self.key, argv, env, self.stderr_log, self.log_header
+            )
+        except OSError as exc:
+            self._finish(
+                WorkerFailure(
+                    "worker_missing",
+                    f"cannot start the worker Python {self.python!r}: {exc.strerror or exc}",
+                )
+            )
+            return False
+        self.served, self.job_id, self.process = served, job_id, served.process
+        self._reused, self._answered = served.jobs > 1, False
+        if note:
+            self.notes.append(note)
+        if served.hello is not None:  # a warm worker: no hello again
+            self.hello = served.hello
+            self.message = "Sending the job to the warm worker"
+        # (If it died just now, its end of output follows and the job fails by that.)
+        self.process.send_line(json.dumps({**self.job, "id": job_id}, ensure_ascii=True))
+        return True
+
+    def _start_one_shot(self) -> bool:
+        self.pool.stop_if_idle()  # (another key's warm worker: its memory is this job's)
+        self.one_shot = True
+        self.process = self._one_shot_process
+        self.hello = self.error_event = self.result = None
+        self._eof = False
+        return GenerationRun.start(self)
+
+    def abort(self) -> None:
+        if self.served is not None and not self.one_shot:
+            self.served.expected_exit = True
+        super().abort()
+
+    # -- events -----------------------------------------------------------------------
+    def _handle(self, event: dict[str, Any]) -> None:
+        job = event.get("job")
+        if job is not None and job != self.job_id:
+            return  # a late event of an earlier job
+        kind = event.get("event")
+        if kind != EOF:
+            self._answered = True
+        if kind == "hello":
+            super()._handle(event)
+            served = self.served
+            if served is not None and not self.one_shot and self.process is served.process:
+                served.hello = event
+                served.serving = event.get("serve") is True
+                if not served.serving:
+                    # An engine without --serve (or a stand-in that ignores it): this job
+                    # runs one-shot in this process, and so will this key's next jobs.
+                    self.one_shot = True
+                    self.pool.mark_one_shot(self.key)
+                    self.process.terminate_after_s = TERMINATE_AFTER_S
+                    self.process.kill_after_s = KILL_AFTER_S
+            return
+        if self.one_shot or kind not in ("result", "error"):
+            super()._handle(event)
+            return
+        # The job's last event: the worker goes on serving.
+        if kind == "result":
+            self.result = event
+            loaded = event.get("loaded")
+            self.loaded = loaded if isinstance(loaded, bool) else None
+        else:
+            self.error_event = event
+        self._decide(None, [])
+
+    def _conclude(self) -> None:
+        if (
+            self._reused
+            and not self._answered
+            and not self.one_shot
+            and not self._cancel.is_set()
+            and self.served is not None
+        ):
+            # The warm worker had died by itself just as this job was sent: the job runs
+            # on a new one (the note says so), not failed for it.
+            self._reused = False
+            self.notes.append(restart_note(self.process.wait(EXIT_WAIT_S)))
+            self.served.expected_exit = True  # (told here)
+            self.pool.release(self.served)
+            self.served = None
+            self._eof, self.error_event, self.result = False, None, None
+            self.start()
+            return
+        error = self.error_event or {}
+        refused = (
+            self.one_shot
+            and not self._retried
+            and self.result is None
+            and not self._cancel.is_set()
+            and self.served is not None
+            and SERVE_ARG in str(error.get("message") or "")
+        )
+        if not refused:
+            super()._conclude()
+            return
+        # An engine older than --serve refused the argument: run the job one-shot.
+        self._retried = True
+        self.process.wait(EXIT_WAIT_S)
+        self.process.close()
+        served, self.served = self.served, None
+        served.expected_exit = True
+        self.pool.release(served)
+        self._start_one_shot()
+
+    def _finish(self, failure: WorkerFailure | None) -> None:
+        served = self.served
+        if served is None or self.one_shot:
+            super()._finish(failure)  # a one-shot process: closed
+            if served is not None:
+                self.pool.release(served)
+            return
+        self.failure = failure
+        self.finished = True
+        self.finished_at = time.monotonic()
+        if self.process.terminated or self.process.killed:
+            served.expected_exit = True  # an unanswered cancel: the next job starts anew
+        if self._eof:
+            served.death_reported = True  # this job's failure said so already
+        served.model = str(self.job["options"].get("model") or "") or served.model
+        self.pool.release(served)
 
 
 # --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ start frame, cyclic when looping, refreshed on every frame change (viewport and 
 import math
 import re
 import tempfile
+from array import array
 from pathlib import Path
 
 import bpy
@@ -424,6 +425,8 @@ def load_image(
         image.colorspace_settings.name = "sRGB"
     image[TAG] = True
     for key, value in metadata.items():
+        if isinstance(value, int) and not -(2**31) <= value < 2**31:
+            value = str(value)  # an ID property's int is 32-bit; seeds go up to 2**63 - 1
         if value is not None:
             image[f"{TAG}_{key}"] = value
     if pack and not sequence:
@@ -527,3 +530,111 @@ def set_from_sequence(
     if previous is not None and previous != image:
         remove_unused_image(previous)
     return image
+
+
+# --------------------------------------------------------------------------- live preview
+PREVIEW_IMAGE_NAME = "SphereDiff Preview"
+PREVIEW_WORLD_NAME = "SphereDiff Preview World"
+PREVIEW_TAG = "spherediff_preview"  # custom property on the preview's World and image
+
+
+def _alive(block) -> bool:
+    """Whether a data-block held in Python still exists (a removed one raises)."""
+    if block is None:
+        return False
+    try:
+        block.name  # noqa: B018 - touching it is the test
+    except ReferenceError:
+        return False
+    return True
+
+
+def read_pixels(path: Path) -> tuple[array, tuple[int, int]] | None:
+    """An image file's RGBA pixels (as ``Image.pixels`` holds them) and its size, read
+    at once through a temporary image that is removed again; None if it cannot be read."""
+    try:
+        loaded = bpy.data.images.load(str(path), check_existing=False)
+    except RuntimeError:
+        return None
+    try:
+        width, height = (int(v) for v in loaded.size)
+        if width <= 0 or height <= 0 or loaded.channels != 4:
+            return None
+        pixels = array("f", [0.0]) * (width * height * 4)
+        loaded.pixels.foreach_get(pixels)
+        return pixels, (width, height)
+    finally:
+        bpy.data.images.remove(loaded)
+
+
+class LivePreview:
+    """A running job's previews shown as the scene's World, and the way back.
+
+    The scene's World is never edited: the first preview swaps in a World of its own,
+    ``SphereDiff Preview World`` (the node chain of :func:`apply_environment` with the
+    in-memory image ``SphereDiff Preview`` and the generation's rotation and strength);
+    later previews only replace the image's pixels. :meth:`end` puts the scene's World
+    back and removes both, so a cancelled or failed job leaves the World exactly as it was
+    (the data-block, its nodes, image, mapping and strength), and a finished one is loaded
+    into that World as before. While the swap lasts the previous World has a fake user:
+    a World without users would not be saved with the file.
+    """
+
+    def __init__(self, scene: bpy.types.Scene) -> None:
+        self.scene_name = scene.name
+        self.previous = scene.world
+        self.world = None
+        self.image = None
+        self.shown = 0  # previews shown
+        self.swapped = False  # the preview's World was put in (once)
+        self._fake_user = False  # whether we gave the previous World its fake user
+
+    def show(self, scene: bpy.types.Scene, path: Path, *, rotation_z: float, strength: float):
+        """Show the preview PNG at ``path``; False when it cannot be read (skipped)."""
+        read = read_pixels(path)
+        if read is None:
+            return False
+        pixels, (width, height) = read
+        image = self.image if _alive(self.image) else None
+        if image is None:
+            image = bpy.data.images.new(PREVIEW_IMAGE_NAME, width, height, alpha=False)
+            image[PREVIEW_TAG] = True
+            image.colorspace_settings.name = "sRGB"  # the preview is an 8-bit sRGB PNG
+            self.image = image
+        elif tuple(image.size) != (width, height):
+            image.scale(width, height)
+        image.pixels.foreach_set(pixels)
+        image.update()
+        image.update_tag()  # Cycles' rendered viewport syncs the new pixels
+        if not self.swapped:
+            self._swap_in(scene, image, rotation_z, strength)
+        self.shown += 1
+        return True
+
+    def _swap_in(self, scene, image, rotation_z: float, strength: float) -> None:
+        previous = scene.world
+        if previous is not None and previous.library is None and not previous.use_fake_user:
+            previous.use_fake_user = True
+            self._fake_user = True
+        self.previous = previous
+        world = bpy.data.worlds.new(PREVIEW_WORLD_NAME)
+        world[PREVIEW_TAG] = True
+        self.world = world
+        self.swapped = True
+        scene.world = world
+        apply_environment(scene, image, rotation_z, strength)
+
+    def end(self) -> None:
+        """The scene's own World back; the preview's World and image removed."""
+        world, image, previous = self.world, self.image, self.previous
+        self.world = self.image = None
+        if _alive(world):
+            scene = bpy.data.scenes.get(self.scene_name)
+            if scene is not None and scene.world == world:
+                scene.world = previous if _alive(previous) else None
+            bpy.data.worlds.remove(world)
+        if self._fake_user and _alive(previous):
+            previous.use_fake_user = False
+        self._fake_user = False
+        if _alive(image):
+            bpy.data.images.remove(image)

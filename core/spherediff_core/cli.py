@@ -43,7 +43,7 @@ from .options import (
     GenerationOptions,
 )
 
-__all__ = ["EXIT_CODES_HELP", "ProgressPrinter", "build_parser", "main"]
+__all__ = ["EXIT_CODES_HELP", "CliPreview", "ProgressPrinter", "build_parser", "main"]
 
 EXIT_CODES_HELP = f"""\
 exit codes:
@@ -106,6 +106,16 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
             "type": int,
             "help": "ERP width in pixels, even (default: the model's size, 2K or 4K, which "
             "keeps its views near their training size)",
+        },
+    ),
+    (
+        "final_width",
+        ("--final-width",),
+        {
+            "type": int,
+            "help": "make a draft of a final this wide: the draft starts from the final's "
+            "noise pooled onto its smaller sphere, so --width FINAL_WIDTH with the same seed "
+            "later makes the same world, sharper",
         },
     ),
     (
@@ -224,6 +234,22 @@ _OPTION_SPECS: list[tuple[str, tuple[str, ...], dict[str, Any]]] = [
             "type": float,
             "help": "fraction of the steps the image is held, 0.05..1 (default 1: exactly)",
         },
+    ),
+    (
+        "preview_every",
+        ("--preview-every",),
+        {
+            "type": int,
+            "metavar": "STEPS",
+            "help": "while denoising, every STEPS steps (and after the last) write the "
+            "panorama so far to <stem>.preview.png beside the output, replaced each time "
+            "and removed at the end: open it in a viewer that reloads (default 0: none)",
+        },
+    ),
+    (
+        "preview_width",
+        ("--preview-width",),
+        {"type": int, "help": "the preview's ERP width in pixels, even, 64..2048 (default 512)"},
     ),
     (
         "output",
@@ -394,6 +420,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CliPreview:
+    """``--preview-every``: each live preview copied onto one visible name,
+    ``<stem>.preview.png`` beside the output (a viewer that reloads shows the world
+    forming), replaced atomically each time and removed when the command ends."""
+
+    def __init__(self, output: str) -> None:
+        from .placing import output_path
+
+        final = output_path(output)
+        self.path = final.with_name(f"{final.stem}.preview.png")
+        self.written = False
+
+    def __call__(self, path: str, step: int, total: int) -> None:
+        import shutil
+        from pathlib import Path
+
+        from .placing import remove, replace, temp_path
+
+        tmp = temp_path(self.path.parent, self.path)
+        try:
+            shutil.copyfile(path, tmp)
+            replace(tmp, self.path)
+            self.written = True
+        except OSError as exc:  # a preview must never cost the generation
+            remove(Path(tmp))
+            logging.getLogger(__name__).warning("could not update %s (%s)", self.path, exc)
+
+    def close(self) -> None:
+        if self.written:
+            from .placing import remove
+
+            remove(self.path)
+            self.written = False
+
+
 def _options_from_args(args: argparse.Namespace) -> GenerationOptions:
     given = {
         f.name: getattr(args, f.name)
@@ -434,6 +495,7 @@ def _generate(args: argparse.Namespace) -> int:
     install_cancel_signals(token, on_first=on_signal)
     prepare_environment(options.offline)
     progress = ProgressPrinter(err, quiet=args.quiet)
+    preview = CliPreview(options.output) if options.preview_every > 0 else None
     dist = None
     who = "spherediff"
     try:
@@ -453,6 +515,7 @@ def _generate(args: argparse.Namespace) -> int:
             should_cancel=token,
             plan_cache_dir=args.plan_cache_dir,
             dist=dist,
+            on_preview=preview,
         )
     except BaseException as exc:
         if isinstance(exc, SystemExit):
@@ -467,6 +530,8 @@ def _generate(args: argparse.Namespace) -> int:
         err.write(f"{report.message}\n")
         return report.exit_code
     finally:
+        if preview is not None:
+            preview.close()
         if dist is not None:
             dist.close()
     progress.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import geometry
 from .fusion import SphereAccumulator, gather_views
 from .known import KnownRegion
 from .plan import SamplingPlan
@@ -29,7 +30,9 @@ __all__ = [
     "DenoiserInput",
     "GenerationCancelled",
     "Guidance",
+    "StepState",
     "init_noise_sigma",
+    "pool_noise",
     "prepare_sphere_latents",
     "sphere_denoise",
 ]
@@ -95,6 +98,38 @@ class DenoiserInput:
 
 
 Denoiser = Callable[[DenoiserInput], torch.Tensor]
+
+
+@dataclass
+class StepState:
+    """One finished timestep, for a per-step observer (``sphere_denoise(on_step=...)``,
+    e.g. the live preview). Sphere tensors are (B, C, N) or (B, C, F, N); nothing here
+    may be changed in place.
+
+    Attributes:
+        step_index: the timestep's index (0 = first, noisiest); ``step_index + 1`` steps
+            are done.
+        total_steps: ``len(scheduler.timesteps)``.
+        timestep: 0-d tensor, the scheduler's timestep of this step.
+        scheduler_index: this step's index into the scheduler's own tables (``sigmas``):
+            the scheduler's ``step_index`` before it stepped (the loop's index when the
+            scheduler keeps none).
+        sample: the sphere latents the step started from.
+        model_input: ``sample`` after the scheduler's ``scale_model_input`` (what the
+            views' grids were read from).
+        model_output: the fused model output on the sphere (the scheduler's prediction
+            type), float32.
+        latents: the sphere latents after the step (and the known region's blend).
+    """
+
+    step_index: int
+    total_steps: int
+    timestep: torch.Tensor
+    scheduler_index: int
+    sample: torch.Tensor
+    model_input: torch.Tensor
+    model_output: torch.Tensor
+    latents: torch.Tensor
 
 
 @dataclass
@@ -164,6 +199,39 @@ def prepare_sphere_latents(
     return noise.to(device=device, dtype=dtype)
 
 
+def pool_noise(
+    fine_noise: torch.Tensor,
+    fine_points: torch.Tensor,
+    points: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Unit noise on ``points`` made of the unit noise of a finer lattice (a draft's noise).
+
+    Each fine point adds its noise to its nearest coarse point; a coarse point's sum of k
+    values is divided by sqrt(k), so it is unit Gaussian again and carries the fine
+    noise's low frequencies (the "integral noise" of Chang et al., ICLR 2024, on the
+    sphere). A coarse point no fine point chose (possible only when the lattices are
+    nearly as dense) gets fresh noise from ``generator``.
+
+    Args:
+        fine_noise: (B, C, [F,] M) unit Gaussian noise on ``fine_points`` (M, 3).
+        points: (N, 3) unit vectors, N <= M.
+    Returns (B, C, [F,] N) float32.
+    """
+    owner = geometry.nearest_points(fine_points, points)  # (M,)
+    n = points.shape[0]
+    flat = fine_noise.to(torch.float32).reshape(-1, fine_noise.shape[-1])
+    sums = torch.zeros(flat.shape[0], n, dtype=torch.float32)
+    sums.index_add_(1, owner, flat)
+    counts = torch.bincount(owner, minlength=n).to(torch.float32)
+    pooled = sums / counts.clamp(min=1.0).sqrt()
+    empty = counts == 0
+    if bool(empty.any()):
+        fresh = torch.randn(flat.shape[0], int(empty.sum()), generator=generator)
+        pooled[:, empty] = fresh
+    return pooled.reshape(*fine_noise.shape[:-1], n)
+
+
 def init_noise_sigma(scheduler: Any) -> float:
     """The scheduler's initial noise scale (flow-matching schedulers have none: 1)."""
     return float(getattr(scheduler, "init_noise_sigma", 1.0))
@@ -186,6 +254,7 @@ def sphere_denoise(
     known: KnownRegion | None = None,
     noise: torch.Tensor | None = None,
     dist: Any = None,
+    on_step: Callable[[StepState], None] | None = None,
 ) -> torch.Tensor:
     """Denoise sphere latents over the scheduler's timesteps.
 
@@ -216,6 +285,10 @@ def sphere_denoise(
             This rank denoises its shard; the fused sums are added over the ranks, the
             scheduler steps on every rank and rank 0's latents are kept by all. The
             callback then counts this rank's rounds of batches.
+        on_step: called after every timestep (after the scheduler step, the known
+            region's blend and, in a distributed run, the broadcast) with a
+            :class:`StepState`; the live preview (:mod:`spherediff_core.preview`) reads
+            its predicted clean latents from it.
 
     Returns the denoised sphere latents, shaped like ``latents``.
     """
@@ -315,6 +388,7 @@ def sphere_denoise(
         if dist is not None:
             dist.all_sum_(acc.numerator, acc.weight)
         model_output = acc.result(torch.zeros_like(latents))
+        sample = latents
         stepped = scheduler.step(model_output, t, latents, return_dict=False, **step_kwargs)[0]
         # A point no view covers keeps its value.
         latents = torch.where(covered, stepped.to(latents.dtype), latents)
@@ -324,4 +398,21 @@ def sphere_denoise(
         if dist is not None:  # bit-identical ranks, even on mixed hardware
             latents = latents.contiguous()
             dist.broadcast_(latents)
+        # 7. An observer of the finished step (the live preview)
+        if on_step is not None:
+            # Schedulers with tables count their own steps (set on the first step); the
+            # step just taken is the one before the count.
+            counted = getattr(scheduler, "step_index", None)
+            on_step(
+                StepState(
+                    step_index=step_index,
+                    total_steps=len(timesteps),
+                    timestep=torch.as_tensor(t),
+                    scheduler_index=counted - 1 if isinstance(counted, int) else step_index,
+                    sample=sample,
+                    model_input=scaled,
+                    model_output=model_output,
+                    latents=latents,
+                )
+            )
     return latents

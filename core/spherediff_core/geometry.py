@@ -58,6 +58,7 @@ __all__ = [
     "fibonacci_sphere",
     "grid_side_for",
     "lonlat_to_directions",
+    "nearest_points",
     "points_per_view",
     "project_to_views",
     "rolled_camera_frame",
@@ -83,6 +84,20 @@ def fibonacci_sphere(n_points: int, dtype: torch.dtype = torch.float64) -> torch
     lon = torch.remainder(k * _GOLDEN_ANGLE_RAD, 2.0 * math.pi)
     pts = torch.stack([rho * torch.cos(lon), rho * torch.sin(lon), z], dim=-1)
     return pts.to(dtype)
+
+
+def nearest_points(queries: torch.Tensor, points: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Index of the nearest of ``points`` (M, 3) for each of ``queries`` (Q, 3): (Q,) int64.
+
+    Unit vectors: the nearest is the largest dot product. Chunked, so memory stays at
+    ``chunk`` x M values.
+    """
+    points_t = points.to(torch.float32).T.contiguous()
+    out = torch.empty(queries.shape[0], dtype=torch.int64)
+    for i in range(0, queries.shape[0], chunk):
+        q = queries[i : i + chunk].to(torch.float32)
+        out[i : i + chunk] = (q @ points_t).argmax(dim=1)
+    return out
 
 
 def directions_to_lonlat(dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

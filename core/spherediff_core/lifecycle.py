@@ -67,6 +67,7 @@ class StopDeadline:
         self.on_hard_stop = on_hard_stop
         self._armed = threading.Event()
         self._code: int | None = None
+        self._epoch = 0  # bumped by disarm(): a countdown of an earlier epoch does nothing
 
     @property
     def armed(self) -> bool:
@@ -77,18 +78,34 @@ class StopDeadline:
         if self._armed.is_set():
             return
         self._armed.set()
-        threading.Thread(target=self._run, name="spherediff-stop-deadline", daemon=True).start()
+        threading.Thread(
+            target=self._run, args=(self._epoch,), name="spherediff-stop-deadline", daemon=True
+        ).start()
 
     def settle(self, code: int) -> None:
         """The main thread is done: nothing is left to clean up; exit with ``code``."""
         with _guard:
             self._code = code
 
-    def _run(self) -> None:
+    def disarm(self) -> None:
+        """The job that was asked to stop has stopped by itself and the process goes on
+        (a serving worker's next job): a countdown already running ends without effect.
+
+        Call it inside the :func:`protected` section that sent the job's final event, so
+        the countdown cannot fire between that event and the disarming.
+        """
+        with _guard:
+            self._epoch += 1
+            self._code = None
+            self._armed.clear()
+
+    def _run(self, epoch: int) -> None:
         time.sleep(self.grace_s)
         with _guard:
             while _busy:  # a file is being written or placed: let it finish
                 _guard.wait(0.05)
+            if epoch != self._epoch:  # disarmed: the job stopped in time
+                return
             # Holding the guard: no new protected section can start from here on.
             code = self._code
             if code is None:

@@ -38,6 +38,8 @@ MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 MAX_FRAMES = 1025
 MAX_FPS = 240
+MIN_PREVIEW_WIDTH = 64
+MAX_PREVIEW_WIDTH = 2048
 VIDEO_SUFFIXES = (".png", ".mp4")
 OUTPUT_NAME_RESERVE = 26
 """Characters the outputs add to a name for their temporary files
@@ -62,6 +64,13 @@ class GenerationOptions:
     near their 1024 px training size). The number of sphere points and the views' latent
     grid follow from the width and the model's VAE, unless ``n_points`` is set.
 
+    ``final_width`` makes this run a *draft* of a final at that width: its initial noise
+    is the final's noise summed onto this run's coarser sphere points (each final point
+    adds to its nearest draft point, the sums scaled back to unit variance), so a run at
+    ``width=final_width`` with the same seed, prompts and model starts from the same
+    low-frequency noise and makes the same world, sharper. The final itself is a normal
+    run (no ``final_width``): its noise is exactly what it would be without a draft.
+
     ``true_cfg_scale`` (FLUX.1 only, as FluxPipeline): with a negative prompt and a value
     above 1, a negative pass runs and the prediction is neg + scale * (pos - neg).
     ``guidance_2`` (Wan 2.2 A14B only, WanPipeline's ``guidance_scale_2``): the guidance
@@ -85,6 +94,12 @@ class GenerationOptions:
     over ``image_feather_deg``, and it is held for the first ``image_strength`` fraction of
     the steps (1: to the end, so it comes out as given).
 
+    Live preview (``preview_every`` > 0): every that many denoising steps (and after the
+    last), the predicted clean panorama is written as a small 8-bit sRGB ERP PNG of
+    ``preview_width`` x ``preview_width / 2`` in the output's folder, under a hidden name,
+    and announced to the caller (:mod:`spherediff_core.preview`); the files are removed
+    by the end of the job. 0: no previews.
+
     HDR (``hdr=True``, stills only): the decoded panorama is also lifted to scene-referred
     linear HDR with its sun (:mod:`spherediff_core.hdr`) and written as ``<stem>.exr``
     beside the PNG; the sidecar gets the ``hdr`` block. Videos stay LDR in this version.
@@ -103,6 +118,7 @@ class GenerationOptions:
     seed: int = 0
     size: str | None = None
     width: int | None = None
+    final_width: int | None = None
     n_points: int | None = None
     fov_deg: float = 80.0
     overlap: float = 0.6
@@ -130,6 +146,8 @@ class GenerationOptions:
     image_fov_deg: float = 60.0
     image_feather_deg: float = 4.0
     image_strength: float = 1.0
+    preview_every: int = 0
+    preview_width: int = 512
 
     @property
     def height(self) -> int:
@@ -188,6 +206,19 @@ class GenerationOptions:
             raise OptionsError(
                 "width", f"{self.width} is odd; the height is width / 2, so use an even width"
             )
+        if self.final_width is not None:
+            _check_int("final_width", self.final_width, 64, MAX_WIDTH)
+            if self.final_width % 2:
+                raise OptionsError(
+                    "final_width", f"{self.final_width} is odd; use the final's even width"
+                )
+            if self.size_given and self.final_width < self.resolved_width:
+                raise OptionsError(
+                    "final_width",
+                    f"{self.final_width} is smaller than this draft's width "
+                    f"{self.resolved_width}; a draft is made smaller than its final (use a "
+                    "final_width at least the draft's width, or none for a normal run)",
+                )
         if self.n_points is not None:
             _check_int("n_points", self.n_points, 100, 2_000_000)
         # Advanced
@@ -237,6 +268,15 @@ class GenerationOptions:
         _check_float("image_strength", self.image_strength, 0.05, 1.0)
         if self.image is not None:
             _check_known_image(self)
+        # Live preview
+        _check_int("preview_every", self.preview_every, 0, MAX_STEPS)
+        _check_int("preview_width", self.preview_width, MIN_PREVIEW_WIDTH, MAX_PREVIEW_WIDTH)
+        if self.preview_width % 2:
+            raise OptionsError(
+                "preview_width",
+                f"{self.preview_width} is odd; the preview is width x width / 2, so use an "
+                "even width",
+            )
         # Files
         _check_name_length("output", self.output, self.video, self.hdr)
         _check_output(self.output, self.video)

@@ -18,6 +18,7 @@ wrapped context, so the last frame leads into the first.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -40,6 +41,7 @@ from .denoise import (
     GenerationCancelled,
     Guidance,
     init_noise_sigma,
+    pool_noise,
     prepare_sphere_latents,
     sphere_denoise,
 )
@@ -67,6 +69,7 @@ from .progress import Progress
 
 if TYPE_CHECKING:
     from .distributed import DistContext
+    from .preview import PreviewSink
 
 __all__ = [
     "DecodeChunk",
@@ -509,6 +512,12 @@ class SphereDiffPipeline:
         self.plan_cache_dir = plan_cache_dir
         # Set: this process is one rank of a torchrun job (spherediff_core.distributed).
         self.dist = dist
+        # Kept between calls (a serving worker runs many jobs on one pipeline): an artist
+        # changes a word or the seed, so most prompts and plans come back.
+        self._prompts: collections.OrderedDict[tuple[str, str], PromptEmbedding] = (
+            collections.OrderedDict()
+        )
+        self._plans: collections.OrderedDict[str, SamplingPlan] = collections.OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -599,10 +608,14 @@ class SphereDiffPipeline:
         callback: Callable[[Progress], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         frame_sink: Callable[[FrameChunk], None] | None = None,
+        preview: PreviewSink | None = None,
     ) -> GenerationResult:
         """Generate. A video's frames come back in ``result.frames``, or, with
         ``frame_sink``, are handed to it chunk by chunk (:class:`FrameChunk`) and not kept,
-        so memory holds one chunk of the clip (how :mod:`.runner` writes a video)."""
+        so memory holds one chunk of the clip (how :mod:`.runner` writes a video).
+
+        ``preview``: a :class:`~spherediff_core.preview.PreviewSink` that gets the live
+        preview while denoising (its caller closes it)."""
         adapter = self.adapter
         timings: dict[str, float] = {"denoiser": 0.0, "vae": 0.0, "erp": 0.0}
         t_start = time.perf_counter()
@@ -632,7 +645,7 @@ class SphereDiffPipeline:
         # 5. Prepare latents, (1, C, N) or (1, C, F_lat, N): drawn on the CPU, so the same
         #    seed gives the same noise anywhere
         generator = torch.Generator("cpu").manual_seed(options.seed)
-        noise = self._noise(plan, request, generator)
+        noise = self._noise(plan, request, generator, self._final_n_points(options))
         latents = (noise * init_noise_sigma(scheduler)).to(adapter.device)
 
         # 6. A known image: its latents on the sphere, held while denoising
@@ -646,7 +659,7 @@ class SphereDiffPipeline:
         with _timed(timings, "denoise"):
             step_kwargs = step_kwargs_for(scheduler, generator)
             latents = self._denoise(
-                run, scheduler, latents, conditioning, negative, step_kwargs, known, noise
+                run, scheduler, latents, conditioning, negative, step_kwargs, known, noise, preview
             )
 
         # 8. Decode every view with the VAE, blending it into the ERP canvas as it comes;
@@ -665,12 +678,18 @@ class SphereDiffPipeline:
         """The sampling plan; in a distributed run rank 0 builds and caches it while the
         others wait, then they load it (or, on another machine, build the same plan)."""
         dist = self.dist
+        key = config.cache_key()
+        if dist is None and key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
         if dist is None or dist.is_root:
             plan = load_or_build_plan(config, self.plan_cache_dir, should_cancel)
         if dist is not None:
             dist.barrier()
             if not dist.is_root:
                 plan = load_or_build_plan(config, self.plan_cache_dir, should_cancel)
+        else:
+            _remember(self._plans, key, plan, KEEP_PLANS)
         return plan
 
     def _encode_prompts(
@@ -680,21 +699,65 @@ class SphereDiffPipeline:
         view_prompts = route_prompts(
             plan, options.prompt, options.sky_prompt, options.horizon_prompt, options.ground_prompt
         )
-        encoded: dict[str, PromptEmbedding] = {}
-        for text in dict.fromkeys(view_prompts):
-            encoded[text] = adapter.encode_prompt(text)
+        encoded = {
+            text: self._encoded(("prompt", text), adapter.encode_prompt)
+            for text in dict.fromkeys(view_prompts)
+        }
         conditioning = [encoded[text] for text in view_prompts]
-        negative = adapter.encode_negative_prompt(options.negative_prompt) if do_cfg else None
+        negative = None
+        if do_cfg:
+            negative = self._encoded(
+                ("negative", options.negative_prompt), adapter.encode_negative_prompt
+            )
         return conditioning, negative
 
+    def _encoded(
+        self, key: tuple[str, str], encode: Callable[[str], PromptEmbedding]
+    ) -> PromptEmbedding:
+        """A prompt's embedding, encoded once for the life of the pipeline (LRU)."""
+        if key in self._prompts:
+            self._prompts.move_to_end(key)
+            return self._prompts[key]
+        embedding = encode(key[1])
+        _remember(self._prompts, key, embedding, KEEP_PROMPTS)
+        return embedding
+
     def _noise(
-        self, plan: SamplingPlan, request: Request, generator: torch.Generator
+        self,
+        plan: SamplingPlan,
+        request: Request,
+        generator: torch.Generator,
+        final_n_points: int | None = None,
     ) -> torch.Tensor:
-        """Unit-Gaussian sphere latents: (1, C, N), or (1, C, F_lat, N) for a video."""
+        """Unit-Gaussian sphere latents: (1, C, N), or (1, C, F_lat, N) for a video.
+
+        ``final_n_points`` (a draft): the noise is that of the final's sphere of that many
+        points, drawn exactly as the final draws it and pooled onto this plan's points
+        (:func:`~spherediff_core.denoise.pool_noise`).
+        """
         frames = request.latent_frames if request.video else None
-        return prepare_sphere_latents(
-            plan, self.adapter.latent_channels, frames=frames, generator=generator
+        channels = self.adapter.latent_channels
+        if final_n_points is None or final_n_points <= plan.n_points:
+            return prepare_sphere_latents(plan, channels, frames=frames, generator=generator)
+        shape = (1, channels) + ((frames,) if frames else ()) + (final_n_points,)
+        fine = torch.randn(shape, generator=generator, dtype=torch.float32)
+        fine_points = geometry.fibonacci_sphere(final_n_points)
+        return pool_noise(fine, fine_points, plan.points, generator)
+
+    def _final_n_points(self, options: GenerationOptions) -> int | None:
+        """A draft's final's number of sphere points (None: not a draft)."""
+        if options.final_width is None:
+            return None
+        if options.final_width < options.resolved_width:
+            raise BadInputError(
+                f"final_width: {options.final_width} is smaller than this draft's width "
+                f"{options.resolved_width}; use a final_width at least the draft's width"
+            )
+        final = dataclasses.replace(
+            options, size=None, width=options.final_width, final_width=None, n_points=None
         )
+        adapter = self.adapter
+        return plan_config_for(final, adapter.vae_scale_factor, adapter.grid_multiple).n_points
 
     def _known_region(
         self, plan: SamplingPlan, options: GenerationOptions, n_steps: int
@@ -734,6 +797,7 @@ class SphereDiffPipeline:
         step_kwargs: dict[str, Any] | None = None,
         known: KnownRegion | None = None,
         noise: torch.Tensor | None = None,
+        preview: PreviewSink | None = None,
     ) -> torch.Tensor:
         adapter, request, options, timings = self.adapter, run.request, run.options, run.timings
         callback = run.callback
@@ -778,6 +842,9 @@ class SphereDiffPipeline:
                     )
                 )
 
+        on_step = None
+        if preview is not None:  # the model's projection (fitted once), the ERP index
+            on_step = preview.attach(adapter, run.plan, scheduler, self.plan_cache_dir)
         if callback is not None:  # the first view batch may take long: say it has begun
             n_steps = len(scheduler.timesteps)
             batch = max(1, options.view_batch_size)
@@ -801,8 +868,11 @@ class SphereDiffPipeline:
                 known=known,
                 noise=None if noise is None else noise.to(latents.device),
                 dist=self.dist,
+                on_step=on_step,
             )
             timings["denoiser"] += watch.total_s()  # the one wait for the device
+            if preview is not None:
+                timings["preview"] = preview.setup_s + preview.seconds
             return latents
         except GenerationCancelled as exc:
             raise CancelledError("generation cancelled") from exc
@@ -1056,6 +1126,20 @@ class SphereDiffPipeline:
             frame_count=request.out_frames if request.video else 1,
             distributed=None if self.dist is None else self.dist.describe(plan.n_views),
         )
+
+
+KEEP_PROMPTS = 32
+"""Encoded prompts a pipeline keeps (a few hundred kB to a few MB each)."""
+KEEP_PLANS = 4
+"""Sampling plans a pipeline keeps in memory (also cached on disk)."""
+
+
+def _remember(table: collections.OrderedDict, key: Any, value: Any, keep: int) -> None:
+    """Put ``value`` in the LRU ``table``, dropping the oldest beyond ``keep``."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > keep:
+        table.popitem(last=False)
 
 
 @dataclass

@@ -48,11 +48,13 @@ __all__ = [
     "THREADS_ENV",
     "CancelToken",
     "ErrorReport",
+    "ModelCache",
     "ModelCheck",
     "Outcome",
     "ProgressEvent",
     "apply_thread_setting",
     "check_options",
+    "check_request",
     "describe_error",
     "describe_os_error",
     "device_summary",
@@ -250,6 +252,11 @@ class CancelToken:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def reset(self) -> None:
+        """Clear the flag for the next job of a serving worker (same signal handlers)."""
+        self._event.clear()
+        self.reason = ""
+
     __call__ = is_set
 
     def check(self) -> None:
@@ -429,6 +436,8 @@ class Outcome:
     """With ``hdr``: the lifted panorama, linear half-float OpenEXR, sun included."""
     sun: dict[str, Any] | None = None
     """With ``hdr``: the sun found in the panorama (the sidecar's ``hdr.sun`` block)."""
+    loaded: bool = True
+    """False when a serving worker's already loaded model was used (nothing loaded)."""
 
 
 def check_options(options: GenerationOptions) -> GenerationOptions:
@@ -448,6 +457,19 @@ class ModelCheck:
 
     family: Any
     offline: bool = False
+    index: dict[str, Any] = field(default_factory=dict)
+    """The model's model_index.json, as read."""
+
+
+def check_request(options: GenerationOptions, check: ModelCheck) -> None:
+    """Refuse what the model's family cannot make (a video from an image model, a still
+    from a video model, a frame count its VAE cannot take, too few steps, guidance_2 for a
+    model with one denoiser)."""
+    from .families import check_guidance_2, check_steps, check_video_request
+
+    check_steps(options, check.family)
+    check_video_request(options, check.family)
+    check_guidance_2(options, check.family, check.index)
 
 
 def precheck_model(model: str, options: GenerationOptions | None = None) -> ModelCheck:
@@ -460,7 +482,6 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> Mode
     model, a still from a video model, a frame count its VAE cannot take, too few steps).
     """
     from . import modelcheck
-    from .families import check_guidance_2, check_steps, check_video_request
 
     _route_hub_logs()
     revision = options.revision if options is not None else None
@@ -475,11 +496,10 @@ def precheck_model(model: str, options: GenerationOptions | None = None) -> Mode
     modelcheck.check_component_modules(index, model)
     if folder.is_dir():
         modelcheck.check_model_folder(model, index, family.skipped_components)
+    check = ModelCheck(family, offline=hub_offline, index=index)
     if options is not None:
-        check_steps(options, family)
-        check_video_request(options, family)
-        check_guidance_2(options, family, index)
-    return ModelCheck(family, offline=hub_offline)
+        check_request(options, check)
+    return check
 
 
 def _route_hub_logs() -> None:
@@ -521,6 +541,64 @@ def _family_of(index: dict[str, Any], model: str) -> Any:
     return family
 
 
+class ModelCache:
+    """The loaded model a serving worker keeps between jobs (one at a time).
+
+    A job whose model, revision, device, precision, memory options, cache folder and
+    offline switch are those of the loaded one reuses it (and its pre-checks: no Hub
+    request, no folder scan); anything else unloads it first, then loads the new one, so
+    two models never share the memory. The pipeline keeps its encoded prompts and
+    sampling plans (SphereDiffPipeline), so a repeated prompt is not encoded again.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[Any, ...] | None = None
+        self.pipe: Any = None
+        self.check: ModelCheck | None = None
+        self.loads = 0
+        """How many times a model was loaded (tests and the benchmark read it)."""
+
+    @staticmethod
+    def key_for(options: GenerationOptions, plan_cache_dir: str | Path | None) -> tuple[Any, ...]:
+        return (
+            options.model,
+            options.revision,
+            options.device,
+            options.precision,
+            options.cpu_offload,
+            options.vae_tiling,
+            options.vae_slicing,
+            options.cache_dir,
+            options.offline,
+            None if plan_cache_dir is None else str(plan_cache_dir),
+        )
+
+    def get(self, options: GenerationOptions, plan_cache_dir: str | Path | None) -> Any:
+        """The loaded pipeline for these options, or None (then :meth:`keep` the new one)."""
+        if self.pipe is not None and self.key == self.key_for(options, plan_cache_dir):
+            return self.pipe
+        self.unload()
+        return None
+
+    def keep(self, options: GenerationOptions, plan_cache_dir: Any, pipe: Any, check: Any) -> None:
+        self.key, self.pipe, self.check = self.key_for(options, plan_cache_dir), pipe, check
+        self.loads += 1
+
+    def unload(self) -> None:
+        """Drop the loaded model and give its memory back (device caches included)."""
+        if self.pipe is None:
+            return
+        device = getattr(getattr(self.pipe, "adapter", None), "device", None)
+        self.key = self.pipe = self.check = None
+        import gc
+
+        gc.collect()
+        if device is not None and getattr(device, "type", "") == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
 @contextlib.contextmanager
 def _output_errors(output: str) -> Iterator[None]:
     """OSErrors while writing the outputs are the computer's state (a full disk, a
@@ -538,6 +616,8 @@ def generate(
     should_cancel: CancelToken | None = None,
     plan_cache_dir: str | Path | None = None,
     dist: Any = None,
+    models: ModelCache | None = None,
+    on_preview: Callable[[str, int, int], None] | None = None,
 ) -> Outcome | None:
     """Load the model, generate, write the PNG and sidecar; raise a SphereDiffError.
 
@@ -545,6 +625,16 @@ def generate(
     (:class:`spherediff_core.distributed.DistContext`). Every rank loads the model and
     shares the views; rank 0 alone reports progress, writes the files and returns the
     Outcome, the others return None.
+
+    ``models``: a serving worker's :class:`ModelCache`. When it holds this job's model,
+    nothing is loaded (and no ``load`` progress is reported); ``Outcome.loaded`` says
+    which happened.
+
+    ``on_preview(path, step, total)``: with ``options.preview_every`` > 0, called while
+    denoising with each live preview (:mod:`spherediff_core.preview`): an 8-bit sRGB ERP
+    PNG of ``preview_width`` x ``preview_width / 2`` in the output's folder, under a
+    hidden name, after ``step`` of ``total`` steps. Only the latest two are kept and all
+    are removed before this returns or raises: read the file at once.
     """
     t_start = time.perf_counter()
     token = should_cancel or CancelToken()
@@ -554,37 +644,18 @@ def generate(
     prepare_environment(options.offline)
     token.check()
 
-    # Load (nothing to clean up yet, so a cancel interrupts it at once)
-    report(ProgressEvent("load", 0, 1, None, f"loading {options.model}"))
-    check = precheck_model(options.model, options)
-    from .modelcheck import check_device
-
-    check_device(options.device)
-    if check.offline:  # the Hub is unreachable and the model cached: no retries later
-        prepare_environment(offline=True)
-    t0 = time.perf_counter()
-    with token.interruptible():
-        import diffusers  # noqa: F401 - imported here so its progress bars can be turned off
-
-        _quiet_libraries()
-        apply_thread_setting()
-        from .pipeline import SphereDiffPipeline
-
-        pipe = SphereDiffPipeline.from_pretrained(
-            options.model,
-            revision=options.revision,
-            device=options.device,
-            precision=options.precision,
-            offline=options.offline or check.offline,
-            cache_dir=options.cache_dir,
-            cpu_offload=options.cpu_offload,
-            vae_tiling=options.vae_tiling,
-            vae_slicing=options.vae_slicing,
-            plan_cache_dir=plan_cache_dir,
-            dist=dist,
-        )
-    load_s = time.perf_counter() - t0
-    report(ProgressEvent("load", 1, 1, None, "model loaded"))
+    # Load (nothing to clean up yet, so a cancel interrupts it at once); a serving
+    # worker's loaded model is used as it is
+    pipe = None if models is None else models.get(options, plan_cache_dir)
+    load_s = 0.0
+    loaded = pipe is None
+    if pipe is not None:
+        assert models is not None and models.check is not None
+        check_request(options, models.check)
+        if models.check.offline:
+            prepare_environment(offline=True)
+    else:
+        pipe, load_s = _load(options, plan_cache_dir, dist, report, token, models)
     token.check()
 
     # A video: denoise, then decode and write a chunk of frames at a time
@@ -592,10 +663,13 @@ def generate(
         pipe(options, should_cancel=token)
         return None
     if pipe.adapter.is_video:
-        return _generate_video(pipe, options, load_s, t_start, report, token)
+        outcome = _generate_video(pipe, options, load_s, t_start, report, token, on_preview)
+        outcome.loaded = loaded
+        return outcome
 
     # Denoise and decode (the pipeline reports those phases itself)
-    result = pipe(options, callback=report, should_cancel=token)
+    with _previews(options, on_preview) as preview:
+        result = pipe(options, callback=report, should_cancel=token, preview=preview)
     token.check()
 
     # Write
@@ -629,7 +703,69 @@ def generate(
         warnings=list(getattr(result, "warnings", [])),
         exr=paths.exr,
         sun=lifted.sun.to_dict() if lifted is not None else None,
+        loaded=loaded,
     )
+
+
+@contextlib.contextmanager
+def _previews(
+    options: GenerationOptions, on_preview: Callable[[str, int, int], None] | None
+) -> Iterator[Any]:
+    """The job's live preview sink around the pipeline call (None when no previews are
+    asked for or nobody listens); its files are gone when the call ends, however."""
+    if on_preview is None or options.preview_every <= 0:
+        yield None
+        return
+    from .preview import PreviewSink
+
+    with PreviewSink(
+        options.preview_every, options.preview_width, options.output, on_preview
+    ) as sink:
+        yield sink
+
+
+def _load(
+    options: GenerationOptions,
+    plan_cache_dir: str | Path | None,
+    dist: Any,
+    report: Callable[[ProgressEvent], None],
+    token: CancelToken,
+    models: ModelCache | None,
+) -> tuple[Any, float]:
+    """Check and load the model (phase ``load``); returns the pipeline and the seconds."""
+    report(ProgressEvent("load", 0, 1, None, f"loading {options.model}"))
+    check = precheck_model(options.model, options)
+    from .modelcheck import check_device
+
+    check_device(options.device)
+    if check.offline:  # the Hub is unreachable and the model cached: no retries later
+        prepare_environment(offline=True)
+    t0 = time.perf_counter()
+    with token.interruptible():
+        import diffusers  # noqa: F401 - imported here so its progress bars can be turned off
+
+        _quiet_libraries()
+        apply_thread_setting()
+        from .pipeline import SphereDiffPipeline
+
+        pipe = SphereDiffPipeline.from_pretrained(
+            options.model,
+            revision=options.revision,
+            device=options.device,
+            precision=options.precision,
+            offline=options.offline or check.offline,
+            cache_dir=options.cache_dir,
+            cpu_offload=options.cpu_offload,
+            vae_tiling=options.vae_tiling,
+            vae_slicing=options.vae_slicing,
+            plan_cache_dir=plan_cache_dir,
+            dist=dist,
+        )
+    load_s = time.perf_counter() - t0
+    if models is not None:
+        models.keep(options, plan_cache_dir, pipe, check)
+    report(ProgressEvent("load", 1, 1, None, "model loaded"))
+    return pipe, load_s
 
 
 def _generate_video(
@@ -639,6 +775,7 @@ def _generate_video(
     t_start: float,
     report: Callable[[ProgressEvent], None],
     token: CancelToken,
+    on_preview: Callable[[str, int, int], None] | None = None,
 ) -> Outcome:
     """Generate a video straight to disk: the pipeline hands each chunk of ERP frames to
     a VideoWriter as it is blended, so the clip is never held whole. Progress keeps the
@@ -649,7 +786,10 @@ def _generate_video(
 
     # The writer turns its own OSErrors into OutputErrors naming the path.
     with VideoWriter(options.output, should_cancel=token) as writer:
-        result = pipe(options, callback=report, should_cancel=token, frame_sink=writer)
+        with _previews(options, on_preview) as preview:
+            result = pipe(
+                options, callback=report, should_cancel=token, frame_sink=writer, preview=preview
+            )
         token.check()
         n = result.n_frames
         report(ProgressEvent("write", n, n + 1, None, f"wrote {n} frames; placing them"))

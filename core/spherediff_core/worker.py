@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -36,13 +38,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import lifecycle
-from .errors import EXIT_CANCELLED, EXIT_OK, BadInputError
+from .errors import EXIT_CANCELLED, EXIT_OK, BadInputError, CancelledError
 from .options import GenerationOptions, OptionsError
 
 __all__ = ["JOB_KEYS", "PROTOCOL_VERSION", "STOP_GRACE_S", "EventWriter", "main", "parse_job"]
 
 PROTOCOL_VERSION = 1
-JOB_KEYS = ("protocol", "options", "plan_cache_dir", "staging_dir")
+JOB_KEYS = ("protocol", "options", "plan_cache_dir", "staging_dir", "id")
 STOP_GRACE_S = 1.2
 """After a stop request the main thread has this long to stop by itself (it polls the
 cancel flag a fraction of a second apart, save during one model call); then the process
@@ -89,8 +91,12 @@ class EventWriter:
         self._lock = threading.Lock()
         self.broken = False
         self.on_broken = on_broken
+        self.job_id: Any = None
+        """A serving worker's current job's ``id``: every event of the job carries it."""
 
     def emit(self, event: str, **fields: Any) -> None:
+        if self.job_id is not None and event != "hello":
+            fields = {**fields, "job": self.job_id}
         line = json.dumps({"event": event, **fields}, ensure_ascii=True, allow_nan=False)
         with self._lock:
             if self.broken:
@@ -201,6 +207,7 @@ def parse_job(data: Any) -> tuple[GenerationOptions, str | None]:
         )
     if "options" not in data:
         raise BadInputError("options: missing; a job needs an options object with a prompt")
+    _job_id(data)
     plan_cache_dir = data.get("plan_cache_dir")
     if plan_cache_dir is not None and (
         not isinstance(plan_cache_dir, str) or not plan_cache_dir.strip()
@@ -213,24 +220,27 @@ def parse_job(data: Any) -> tuple[GenerationOptions, str | None]:
     return options, plan_cache_dir
 
 
-def _read_job(args: argparse.Namespace, stdin: _LineReader) -> Any:
-    if args.job is not None:
-        try:
-            text = Path(args.job).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInputError(f"--job: cannot read {args.job!r} ({exc})") from exc
-        source = args.job
-    else:
-        line = stdin.readline()
-        if line is None or not line.strip():
-            raise BadInputError(
-                "no job: give --job FILE or write the job as the first line of standard input"
-            )
-        try:
-            text = line.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise BadInputError(f"the job line is not UTF-8 ({exc})") from exc
-        source = "standard input"
+def _job_id(data: Any) -> str | int | None:
+    """The job's optional ``id`` (a string or an integer), echoed on its events."""
+    value = data.get("id") if isinstance(data, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadInputError(f"id: {value!r} must be a string, an integer or null")
+    if isinstance(value, str) and len(value) > 200:
+        raise BadInputError(f"id: {value[:40]!r}... is too long; use at most 200 characters")
+    return value
+
+
+def _decode_job(line: bytes, source: str) -> Any:
+    """A job line (UTF-8 JSON) decoded, or BadInputError naming what is wrong."""
+    try:
+        return _parse_json(line.decode("utf-8-sig"), source)
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"the job line is not UTF-8 ({exc})") from exc
+
+
+def _parse_json(text: str, source: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -240,6 +250,21 @@ def _read_job(args: argparse.Namespace, stdin: _LineReader) -> Any:
             f"the job from {source} is nested too deeply to be read; a job is a flat JSON "
             "object of options"
         ) from exc
+
+
+def _read_job(args: argparse.Namespace, stdin: _LineReader) -> Any:
+    if args.job is not None:
+        try:
+            text = Path(args.job).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"--job: cannot read {args.job!r} ({exc})") from exc
+        return _parse_json(text, args.job)
+    line = stdin.readline()
+    if line is None or not line.strip():
+        raise BadInputError(
+            "no job: give --job FILE or write the job as the first line of standard input"
+        )
+    return _decode_job(line, "standard input")
 
 
 # --------------------------------------------------------------------------------------
@@ -269,6 +294,14 @@ def build_parser(prog: str = "python -m spherediff_core.worker") -> argparse.Arg
     )
     parser.add_argument(
         "--hello", action="store_true", help="print the hello event and exit (loads no model)"
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help=(
+            "serve many jobs: read job lines from standard input one after another, keep "
+            "the loaded model between them, exit at end of input"
+        ),
     )
     parser.add_argument(
         "--parent-pid",
@@ -322,6 +355,8 @@ class _Stopping:
         self.token = token
         self.events = events
         self.orphaned = False
+        self.ending = False
+        """The worker itself must stop (a signal, the client gone), not just one job."""
         self.staging: Path | None = None
         self.signal_name = ""
         self.deadline = lifecycle.StopDeadline(STOP_GRACE_S, self.hard_stop)
@@ -331,6 +366,8 @@ class _Stopping:
         if orphaned and not self.orphaned:
             self.orphaned = True
             logger.info("%s: stopping", reason)
+        if orphaned:
+            self.ending = True
         self.token.cancel(reason)
         self.deadline.arm()
 
@@ -342,11 +379,15 @@ class _Stopping:
 
         with contextlib.suppress(ValueError):
             self.signal_name = signal.Signals(signum).name
+        self.ending = True
         self.deadline.arm()
 
     def hard_stop(self) -> int:
         """The deadline's thread, the main thread still busy: report and tidy up."""
         reason = self.token.reason or self.signal_name or "stop requested"
+        from .preview import remove_live_previews
+
+        remove_live_previews()  # the running job's live previews (never inside protected)
         if self.orphaned:
             _remove_staging(self.staging)
         self.events.emit(
@@ -407,101 +448,45 @@ def _discard_outcome(outcome: Any) -> None:
                 Path(path).unlink(missing_ok=True)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run the worker; returns the exit code (see docs/worker-protocol.md)."""
-    from .distributed import check_device, init_from_env, launched
-    from .runner import (
-        CancelToken,
-        describe_error,
-        generate,
-        install_cancel_signals,
-        prepare_environment,
-    )
+@dataclasses.dataclass
+class _Worker:
+    """What every job of this worker process shares."""
 
-    _configure_logging()
-    token = CancelToken()
-    # Under torchrun (several GPUs) rank 0 alone speaks the protocol: the other ranks'
-    # events go nowhere, and they never read standard input (rank 0 shares the job).
-    rank = int(os.environ.get("RANK", "0")) if launched() else 0
-    stream = _claim_stdout()  # on every rank: stray prints go to standard error
-    if rank != 0:
-        stream.close()
-        stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
-        logging.getLogger().setLevel(logging.ERROR)  # rank 0 says what there is to say
-    events = EventWriter(stream)
-    stopping = _Stopping(token, events)
-    events.on_broken = lambda: stopping.request(
-        "the event stream's reader went away", orphaned=True
-    )
+    events: EventWriter
+    stopping: _Stopping
+    token: Any
+    client: str
+    dist: Any = None
+    models: Any = None
+    """A serving worker's :class:`~spherediff_core.runner.ModelCache` (None: one job)."""
 
-    def on_signal(name: str) -> None:
-        logger.info("%s received: cancelling", name)
-        stopping.deadline.arm()
+    @property
+    def serving(self) -> bool:
+        return self.models is not None
 
-    install_cancel_signals(token, on_first=on_signal)
-    lifecycle.SignalWakeup(stopping.on_signal).start()
+
+def _run_job(w: _Worker, data: Any) -> int:
+    """One job, from its options to its ``result`` or ``error`` event; the exit code.
+
+    One job per process: the stop deadline is settled with the code after the last event.
+    A serving worker's deadline is disarmed instead (the next job may follow).
+    """
+    from .distributed import check_device
+    from .runner import describe_error, generate
+
+    events, stopping, token, dist = w.events, w.stopping, w.token, w.dist
+    stopping.staging = None
+
+    def conclude(code: int) -> None:  # inside lifecycle.protected(), after the last event
+        if w.serving:
+            stopping.deadline.disarm()
+        else:
+            stopping.deadline.settle(code)
+
     # Held from the start of the write phase until the final event is sent: the stop
     # deadline never cuts the writing or placing of files, nor the discarding of them.
     writing = contextlib.ExitStack()
-    dist = None
-    args_error = None
-    client = os.environ.get(CLIENT_ENV, "worker")
-    if client not in CLIENTS:
-        logger.warning("ignoring %s=%.40r: expected one of %s", CLIENT_ENV, client, CLIENTS)
-        client = "worker"
     try:
-        args = build_parser(prog or "python -m spherediff_core.worker").parse_args(argv)
-    except _ArgumentError as exc:
-        args, args_error = None, BadInputError(f"command line: {exc}")
-    except SystemExit as exc:  # --help (printed on standard error)
-        return int(exc.code or 0)
-    try:
-        # Before torch (for hello) or anything Hugging Face is imported; the job's own
-        # offline switch is applied once the job is read (HF_HUB_OFFLINE set outside
-        # the worker is honoured by huggingface_hub itself).
-        prepare_environment(offline=False)
-        events.emit("hello", **hello_fields())
-        if args_error is not None:
-            raise args_error
-        assert args is not None
-        if args.hello:
-            return EXIT_OK
-        on_eof = None
-        if args.parent_pid is not None:
-            lifecycle.ParentWatch(
-                args.parent_pid, lambda why: stopping.request(why, orphaned=True)
-            ).start()
-            on_eof = lambda: stopping.request(  # noqa: E731
-                "standard input closed: the client is gone", orphaned=True
-            )
-        if launched():
-            # torchrun's agent is every rank's parent: a killed agent (SIGKILL cannot be
-            # forwarded) must not leave ranks holding the GPUs.
-            lifecycle.ParentWatch(
-                os.getppid(), lambda why: stopping.request(why, orphaned=True)
-            ).start()
-            dist = init_from_env("auto")
-        if dist is None or dist.is_root:
-            stdin = _LineReader(0)
-            try:
-                data = _read_job(args, stdin)
-            except BadInputError:
-                if dist is not None:
-                    dist.broadcast_text(None)  # the other ranks stop quietly
-                raise
-            if dist is not None:
-                dist.broadcast_text(json.dumps(data))
-            threading.Thread(
-                target=_watch_stdin,
-                args=(stdin, stopping, on_eof),
-                name="stdin-cancel",
-                daemon=True,
-            ).start()
-        else:
-            text = dist.broadcast_text(None)
-            if text is None:  # rank 0 could not read a job and reports it
-                return EXIT_OK  # (a failure code would make torchrun cut rank 0 short)
-            data = json.loads(text)
         try:
             options, plan_cache_dir = parse_job(data)
         except OptionsError as exc:
@@ -526,6 +511,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             should_cancel=token,
             plan_cache_dir=plan_cache_dir,
             dist=dist,
+            models=w.models,
+            on_preview=lambda path, step, total: events.emit(
+                "preview", image=str(path), step=int(step), total=int(total)
+            ),
         )
         if outcome is None:  # a rank other than 0: rank 0 reports the result
             stopping.deadline.settle(EXIT_OK)
@@ -555,14 +544,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 warnings=list(outcome.warnings),  # additive: notes for the user
                 exr=None if outcome.exr is None else str(outcome.exr),  # additive (hdr)
                 sun=outcome.sun,  # additive: the sidecar's hdr.sun block, or null
+                loaded=outcome.loaded,  # additive: false when the model was loaded already
                 **video,
             )
-            stopping.deadline.settle(EXIT_OK)
+            conclude(EXIT_OK)
         return EXIT_OK
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        report = describe_error(exc, token.reason, client)
+        report = describe_error(exc, token.reason, w.client)
         if dist is not None and not dist.is_root and report.code == "cancelled":
             # Stopped with the others: exit as done, so torchrun does not tear down rank 0
             # while it removes its partial files and reports the cancel.
@@ -578,12 +568,253 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             events.emit(
                 "error", code=report.code, message=report.message, traceback=report.traceback
             )
-            stopping.deadline.settle(report.exit_code)
+            conclude(report.exit_code)
         return report.exit_code
     finally:
         writing.close()
-        if dist is not None:
-            dist.close()
+
+
+class _JobLine:
+    """A job line read by a serving worker, and whether a ``cancel`` came for it."""
+
+    def __init__(self, line: bytes) -> None:
+        self.line = line
+        self.cancelled = False
+
+
+class _Serving:
+    """A serving worker's queue of job lines, fed by the standard-input thread.
+
+    ``cancel`` applies to the latest job line sent before it: the running job is
+    cancelled (it answers ``error``/``cancelled`` and the worker goes on), a job still
+    waiting is answered the same way without running.
+    """
+
+    def __init__(self, stopping: _Stopping) -> None:
+        self.stopping = stopping
+        self.jobs: queue.Queue[_JobLine | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._latest: _JobLine | None = None
+        self._current: _JobLine | None = None
+
+    def read(self, reader: _LineReader, on_eof: Callable[[], None] | None) -> None:
+        """The standard-input thread: job lines and ``cancel`` lines until end of input."""
+        while True:
+            line = reader.readline()
+            if line is None:
+                self.jobs.put(None)
+                if on_eof is not None:
+                    on_eof()
+                return
+            text = line.strip()
+            if not text:
+                continue
+            if text.lower() == b"cancel":
+                self.cancel_latest()
+                continue
+            item = _JobLine(line)
+            with self._lock:
+                self._latest = item
+            self.jobs.put(item)
+
+    def cancel_latest(self) -> None:
+        with self._lock:
+            item = self._latest
+            if item is None or item.cancelled:
+                return
+            item.cancelled = True
+            if item is self._current:
+                logger.info("cancel requested on standard input")
+                self.stopping.request("'cancel' on standard input")
+
+    def begin(self, item: _JobLine) -> bool:
+        """The main thread starts ``item``; False when it was cancelled while waiting."""
+        with self._lock:
+            self.stopping.token.reset()
+            self._current = item
+            return not item.cancelled
+
+    def end(self) -> None:
+        with self._lock:
+            self._current = None
+            if not self.stopping.ending:
+                self.stopping.token.reset()
+
+    def next_job(self) -> _JobLine | None:
+        """The next job line; None at end of input or when the worker must stop."""
+        while not self.stopping.ending:
+            try:
+                return self.jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+
+def _report(w: _Worker, exc: BaseException) -> int:
+    """Send the ``error`` event of a job that never ran; the exit code."""
+    from .runner import describe_error
+
+    report = describe_error(exc, w.token.reason, w.client)
+    logger.info("%s: %s", report.code, report.message)
+    with lifecycle.protected():
+        if w.stopping.orphaned:
+            _remove_staging(w.stopping.staging)
+        w.events.emit("error", code=report.code, message=report.message, traceback=report.traceback)
+        if not w.serving:
+            w.stopping.deadline.settle(report.exit_code)
+    return report.exit_code
+
+
+def _serve(w: _Worker, serving: _Serving) -> int:
+    """Run job lines one after another until end of input; the exit code."""
+    code = EXIT_OK
+    try:
+        while True:
+            item = serving.next_job()
+            if item is None:  # end of input (exit 0), or stopped while waiting for a job
+                code = EXIT_CANCELLED if w.stopping.ending else EXIT_OK
+                break
+            started = serving.begin(item)
+            try:
+                data = _decode_job(item.line, "standard input")
+                w.events.job_id = _job_id(data)
+                if not started:
+                    raise CancelledError("cancelled ('cancel' on standard input) before it started")
+                code = _run_job(w, data)
+            except (BadInputError, CancelledError) as exc:  # never started
+                code = _report(w, exc)
+            finally:
+                w.events.job_id = None
+                serving.end()
+            if w.stopping.ending:  # a signal, or the client is gone: stopped, not done
+                code = code or EXIT_CANCELLED
+                break
+    except KeyboardInterrupt:  # a second signal while waiting for a job
+        code = EXIT_CANCELLED
+    if w.models is not None:
+        w.models.unload()
+    w.stopping.deadline.settle(code)
+    return code
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the worker; returns the exit code (see docs/worker-protocol.md)."""
+    from .distributed import init_from_env, launched
+    from .runner import (
+        CancelToken,
+        ModelCache,
+        install_cancel_signals,
+        prepare_environment,
+    )
+
+    _configure_logging()
+    token = CancelToken()
+    # Under torchrun (several GPUs) rank 0 alone speaks the protocol: the other ranks'
+    # events go nowhere, and they never read standard input (rank 0 shares the job).
+    rank = int(os.environ.get("RANK", "0")) if launched() else 0
+    stream = _claim_stdout()  # on every rank: stray prints go to standard error
+    if rank != 0:
+        stream.close()
+        stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+        logging.getLogger().setLevel(logging.ERROR)  # rank 0 says what there is to say
+    events = EventWriter(stream)
+    stopping = _Stopping(token, events)
+    events.on_broken = lambda: stopping.request(
+        "the event stream's reader went away", orphaned=True
+    )
+
+    def on_signal(name: str) -> None:
+        logger.info("%s received: cancelling", name)
+        stopping.ending = True
+        stopping.deadline.arm()
+
+    install_cancel_signals(token, on_first=on_signal)
+    lifecycle.SignalWakeup(stopping.on_signal).start()
+    w = _Worker(events, stopping, token, os.environ.get(CLIENT_ENV, "worker"))
+    if w.client not in CLIENTS:
+        logger.warning("ignoring %s=%.40r: expected one of %s", CLIENT_ENV, w.client, CLIENTS)
+        w.client = "worker"
+    args_error = None
+    try:
+        args = build_parser(prog or "python -m spherediff_core.worker").parse_args(argv)
+    except _ArgumentError as exc:
+        args, args_error = None, BadInputError(f"command line: {exc}")
+    except SystemExit as exc:  # --help (printed on standard error)
+        return int(exc.code or 0)
+    if args is not None and args.serve and args.job is not None:
+        args_error = BadInputError(
+            "command line: --serve reads its jobs from standard input; leave out --job"
+        )
+    if args is not None and args.serve and launched():
+        args_error = BadInputError(
+            "command line: --serve is for one worker process; under torchrun run one job "
+            "per launch (leave out --serve)"
+        )
+    try:
+        # Before torch (for hello) or anything Hugging Face is imported; the job's own
+        # offline switch is applied once the job is read (HF_HUB_OFFLINE set outside
+        # the worker is honoured by huggingface_hub itself).
+        prepare_environment(offline=False)
+        serve = {"serve": True} if args is not None and args.serve else {}
+        events.emit("hello", **hello_fields(), **serve)
+        if args_error is not None:
+            raise args_error
+        assert args is not None
+        if args.hello:
+            return EXIT_OK
+        on_eof = None
+        if args.parent_pid is not None:
+            lifecycle.ParentWatch(
+                args.parent_pid, lambda why: stopping.request(why, orphaned=True)
+            ).start()
+            on_eof = lambda: stopping.request(  # noqa: E731
+                "standard input closed: the client is gone", orphaned=True
+            )
+        if args.serve:
+            w.models = ModelCache()
+            serving = _Serving(stopping)
+            threading.Thread(
+                target=serving.read, args=(_LineReader(0), on_eof), name="stdin-jobs", daemon=True
+            ).start()
+            return _serve(w, serving)
+        if launched():
+            # torchrun's agent is every rank's parent: a killed agent (SIGKILL cannot be
+            # forwarded) must not leave ranks holding the GPUs.
+            lifecycle.ParentWatch(
+                os.getppid(), lambda why: stopping.request(why, orphaned=True)
+            ).start()
+            w.dist = init_from_env("auto")
+        dist = w.dist
+        if dist is None or dist.is_root:
+            stdin = _LineReader(0)
+            try:
+                data = _read_job(args, stdin)
+            except BadInputError:
+                if dist is not None:
+                    dist.broadcast_text(None)  # the other ranks stop quietly
+                raise
+            if dist is not None:
+                dist.broadcast_text(json.dumps(data))
+            threading.Thread(
+                target=_watch_stdin,
+                args=(stdin, stopping, on_eof),
+                name="stdin-cancel",
+                daemon=True,
+            ).start()
+        else:
+            text = dist.broadcast_text(None)
+            if text is None:  # rank 0 could not read a job and reports it
+                return EXIT_OK  # (a failure code would make torchrun cut rank 0 short)
+            data = json.loads(text)
+        events.job_id = _job_id(data) if isinstance(data, dict) else None
+        return _run_job(w, data)
+    except BaseException as exc:  # before any job ran: the command line or the job line
+        if isinstance(exc, SystemExit):
+            raise
+        return _report(w, exc)
+    finally:
+        if w.dist is not None:
+            w.dist.close()
 
 
 def run() -> None:

@@ -40,10 +40,20 @@ extend     Extend Image (fake_plate_worker.py: the World a known image implies):
 arguments  a script's values: out of range, NUL characters, contradicting size and
            width; refused by name before any worker starts (recording_worker.py sees
            the jobs that get through), never clamped or cut.
+history    the scene's generations (fake_history_worker.py: real PNG and EXR files): Restore
+           gives back the exact World of an earlier generation (a missing file leaves it
+           untouched), the history survives saving, moving and reopening the .blend,
+           Reuse Seed (a seed beyond 32 bits), Variations, drafts and Make Final (the jobs
+           the worker received).
 gpus       the GPUs preferences: the worker's argv and CUDA_VISIBLE_DEVICES for one GPU
            (as before), several (torchrun) and listed GPU ids, from the pure function and
            through the operator (recording_worker.py records how it was started); bad
            settings refused by name before any worker starts.
+warm       the warm worker (fake_serve_worker.py): two jobs through one process, live
+           previews shown in the World, cancel and failure putting the World back
+           exactly, a killed and a crashed worker restarted with a message, a cancel it
+           ignores, several seeds, the idle limit, Keep Model Loaded off, Unload Model,
+           disabling the add-on; then Blender exits with the worker warm.
 """
 
 from __future__ import annotations
@@ -86,6 +96,8 @@ def parse_args() -> argparse.Namespace:
             "hdr",
             "extend",
             "gpus",
+            "history",
+            "warm",
         ],
     )
     p.add_argument("--zip", required=True)
@@ -206,6 +218,14 @@ def child_processes() -> list[dict]:
     return out
 
 
+def stray_children() -> list[dict]:
+    """child_processes() but the add-on's warm worker, kept on purpose between jobs
+    (issue 15; stopped when the add-on is disabled)."""
+    wc = sys.modules.get(SUB + ".worker_client")
+    warm = wc.WARM.pid if wc is not None else None
+    return [c for c in child_processes() if c["pid"] != warm]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -301,6 +321,20 @@ class UIRecorder:
 
     def label(self, text="", **kwargs):
         self._log.append(("label", text))
+
+    def template_list(self, listtype, list_id, data, prop, active_data, active_prop, **kw):
+        if getattr(bpy.types, listtype, None) is None:
+            self._problems.append(f"UIList {listtype} does not exist")
+        for target, name in ((data, prop), (active_data, active_prop)):
+            if name not in target.bl_rna.properties:
+                self._problems.append(f"template_list: {name} does not exist")
+        self._log.append(("list", prop))
+
+    def template_icon(self, icon_value=0, scale=1.0):
+        self._log.append(("icon", icon_value))
+
+    def icon(self, data):
+        return 1
 
     def progress(self, factor=0.0, type="BAR", text=""):
         assert 0.0 <= factor <= 1.0, factor
@@ -447,9 +481,35 @@ def scenario_generate(args, out: dict) -> None:
     s.hdr = False  # the renders below compare with the PNG; HDR has its own step (3b)
 
     worker_pids = []
+    wc = sys.modules[SUB + ".worker_client"]
+    runs: list[dict] = []  # every job's worker run (issue 15: the warm worker)
+
+    def after_finish(calls, result, context, gen):
+        run = gen.run
+        runs.append(
+            {
+                "pid": run.pid,
+                "ok": result[0],
+                "loaded": getattr(run, "loaded", None),
+                "phases": list(run.phases),
+                "first_denoise_s": run.first_denoise_s,
+                "elapsed_s": run.elapsed_s,
+                "served": getattr(run, "served", None) is not None,
+                "previews_seen": run.previews_seen,
+            }
+        )
+
+    Spy(ops_mod, "finish_generation", after_finish)
+    shown: list[dict] = []  # live previews shown in the World (the second generation's)
+    Spy(
+        ops_mod,
+        "show_latest_preview",
+        lambda calls, ok, gen: ok and shown.append(preview_state(scene, world_mod)),
+    )
 
     # 1. First generation: creates the World and the node chain.
     first = call_generate()
+    first["run"] = runs[-1] if runs else None
     out["first"] = first
     out["first_snapshot"] = world_snapshot(scene)
     env = world_mod.find_node(scene.world.node_tree, "environment")
@@ -482,6 +542,7 @@ def scenario_generate(args, out: dict) -> None:
         "staging": staging_leftovers(),
         "children": child_processes(),
         "heavy_modules": heavy_modules(),
+        "warm_pid": wc.WARM.pid,
     }
 
     # 2. Cycles renders of the world towards +X and straight up.
@@ -495,7 +556,9 @@ def scenario_generate(args, out: dict) -> None:
     user_mix = tree.nodes.new("ShaderNodeValue")
     user_mix.name = "User Value"
     nodes_before = {n.name: n.as_pointer() for n in tree.nodes}
-    second = call_generate(seed=8, rotation_z=0.5, strength=2.0, pack_image=True)
+    second = call_generate(seed=8, rotation_z=0.5, strength=2.0, pack_image=True, preview=True)
+    second["run"] = runs[-1] if runs else None
+    second["previews_shown"] = shown[:3]
     out["second"] = second
     out["second_snapshot"] = world_snapshot(scene)
     nodes_after = {n.name: n.as_pointer() for n in tree.nodes}
@@ -544,6 +607,7 @@ def scenario_generate(args, out: dict) -> None:
             res["before"], res["after"] = before, world_snapshot(scene)
         res["staging"] = staging_leftovers()
         res["children"] = child_processes()
+        res["warm_pid"] = wc.WARM.pid  # the warm worker (between jobs) may be a child
         failures[name] = res
         return res
 
@@ -578,13 +642,18 @@ def scenario_generate(args, out: dict) -> None:
         worker_pids.append(gen.run.pid)
         res["stop_s"] = (gen.run.finished_at or 0) - watcher.info["at"]
         res["worker_returncode"] = gen.run.process.returncode()
+        res["worker_serving_on"] = gen.run.pid == wc.WARM.pid and pid_alive(gen.run.pid)
         res["cancel_escalation"] = {
             "terminated": gen.run.process.terminated,
             "killed": gen.run.process.killed,
         }
     out["failures"] = failures
 
-    # 5. Afterwards: nothing heavy imported, nothing running, nothing left behind.
+    # 5. Afterwards: nothing heavy imported; once the add-on is disabled (which stops the
+    # warm worker), nothing running; nothing left behind.
+    worker_pids += [run["pid"] for run in runs if run["pid"]]
+    warm_pid = wc.WARM.pid
+    bpy.ops.preferences.addon_disable(module=PKG)
     out["end"] = {
         "heavy_modules": heavy_modules(),
         "children": child_processes(),
@@ -592,8 +661,8 @@ def scenario_generate(args, out: dict) -> None:
         "staging": staging_leftovers(),
         "active_generation": ops_mod.active_generation() is not None,
         "tempdir": tempfile.gettempdir(),
+        "warm_pid_before_disable": warm_pid,
     }
-    bpy.ops.preferences.addon_disable(module=PKG)
 
 
 def render_views(scene, work: Path) -> dict:
@@ -829,7 +898,7 @@ def scenario_video(args, out: dict) -> None:
         if not res["unchanged"]:
             res["before"], res["after"] = before, after
         res["staging"] = staging_leftovers()
-        res["children"] = child_processes()
+        res["children"] = stray_children()
         if watcher is not None:
             watcher.join(5)
             gen = watcher.info.pop("generation", None)
@@ -878,7 +947,7 @@ def scenario_video(args, out: dict) -> None:
         res["state"] = scene_state(scene, world_mod, work)
         # A loop of 9 frames: 8 are made; scene frame 19 plays the first again.
         res["renders"] = render_frames(scene, work, (11, 18, 19), "real", res=8, samples=4)
-        res["after"] = {"staging": staging_leftovers(), "children": child_processes()}
+        res["after"] = {"staging": staging_leftovers(), "children": stray_children()}
         out["real"] = res
         out["real_cancel"] = failure(
             "real_cancel", watch="cancel", **{**real, "steps": 400, "seed": 2}
@@ -886,7 +955,9 @@ def scenario_video(args, out: dict) -> None:
         # A local video folder's frame rule is known before any worker starts.
         out["custom_bad_frames"] = failure("custom_bad_frames", **{**real, "frames": 6})
 
-    # 7. Afterwards: nothing heavy imported, nothing running, nothing left behind.
+    # 7. Afterwards: nothing heavy imported; once the add-on is disabled (which stops the
+    # warm worker), nothing running; nothing left behind.
+    bpy.ops.preferences.addon_disable(module=PKG)
     out["end"] = {
         "heavy_modules": heavy_modules(),
         "children": child_processes(),
@@ -894,7 +965,6 @@ def scenario_video(args, out: dict) -> None:
         "staging": staging_leftovers(),
         "active_generation": ops_mod.active_generation() is not None,
     }
-    bpy.ops.preferences.addon_disable(module=PKG)
 
 
 def use_recording_worker(work: Path, log: Path) -> None:
@@ -1649,6 +1719,557 @@ def scenario_extend(args, out: dict) -> None:
     bpy.ops.preferences.addon_disable(module=PKG)
 
 
+# --------------------------------------------------------------------------- history
+def restorable_state(world_mod, scene) -> dict:
+    """What Restore must give back: the World's nodes and links (image paths, not
+    data-block names: a restored image is a fresh data-block), the image, the mapping's
+    rotation, the strength, the sun mask and lamp, and the panel's World settings."""
+    snap = world_snapshot(scene)
+    snap.pop("images", None)
+    for node in snap["nodes"]:
+        node.pop("image", None)
+    env = world_mod.find_node(scene.world.node_tree, "environment")
+    mapping = world_mod.find_node(scene.world.node_tree, "mapping")
+    background = world_mod.find_node(scene.world.node_tree, "background")
+    img = env.image
+    s = scene.spherediff
+    # A hidden lamp's other values are nobody's: the rotation and strength settings still
+    # turn and scale it while hidden, and the next sun shows it with its own.
+    lamp = lamp_state(world_mod, scene)
+    return {
+        "world": snap,
+        "image": {
+            "abspath": os.path.realpath(bpy.path.abspath(img.filepath)),
+            "source": img.source,
+            "colorspace": img.colorspace_settings.name,
+            "size": list(img.size),
+            "packed": img.packed_file is not None,
+        },
+        "rotation": [round(v, 6) for v in mapping.inputs["Rotation"].default_value],
+        "strength": round(background.inputs["Strength"].default_value, 6),
+        "mask": mask_state(world_mod, scene),
+        "lamp": lamp if lamp is None or lamp["hidden"] != [True, True] else {"hidden": [True] * 2},
+        "settings": {
+            "rotation_z": round(s.rotation_z, 6),
+            "strength": round(s.strength, 6),
+            "sun_strength": round(s.sun_strength, 6),
+        },
+    }
+
+
+def history_entries(scene) -> list[dict]:
+    out = []
+    for e in scene.spherediff.history:
+        thumb = e.thumbnail
+        out.append(
+            {
+                "prompt": e.prompt,
+                "seed": e.seed,
+                "model": e.model,
+                "width": e.width,
+                "steps": e.steps,
+                "draft": e.draft,
+                "final_width": e.final_width,
+                "hdr": e.hdr,
+                "time": e.time,
+                "paths": {k: getattr(e, k) for k in ("image_path", "exr_path", "sidecar_path")},
+                "abspaths": {
+                    k: os.path.realpath(bpy.path.abspath(getattr(e, k))) if getattr(e, k) else ""
+                    for k in ("image_path", "exr_path", "sidecar_path")
+                },
+                "exists": {
+                    k: bool(getattr(e, k)) and os.path.isfile(bpy.path.abspath(getattr(e, k)))
+                    for k in ("image_path", "exr_path", "sidecar_path")
+                },
+                "thumbnail": None
+                if thumb is None
+                else {
+                    "name": thumb.name,
+                    "size": list(thumb.size),
+                    "packed": thumb.packed_file is not None,
+                    "pixel": [round(v, 4) for v in thumb.pixels[:3]],
+                },
+            }
+        )
+    return out
+
+
+def call_op(op, **kwargs) -> dict:
+    """A SphereDiff operator's result, or the error it raised (a poll refusal too)."""
+    try:
+        return {"result": sorted(op(**kwargs)), "error": None}
+    except RuntimeError as exc:
+        return {"result": None, "error": str(exc)}
+
+
+def scenario_history(args, out: dict) -> None:
+    """History, seeds, variations, drafts and finals, through the operators."""
+    import shutil
+
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    world_mod = sys.modules[SUB + ".world"]
+    ops = bpy.ops.spherediff
+    scene = bpy.context.scene
+    project = work / "project"
+    project.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "scene.blend"))
+    log = work / "jobs.jsonl"
+    log.touch()
+    python = os.environ["SPHEREDIFF_PYTHON"]
+    os.environ["SPHEREDIFF_PYTHON"] = make_fake_python(work, python, "fake_history_worker.py")
+    os.environ["FAKE_HISTORY_LOG"] = str(log)
+    s = scene.spherediff
+    s.prompt = "a quiet harbour at dawn"
+    s.model_preset = "SD15"  # never loaded: the fake worker paints one colour per seed
+    s.size = "CUSTOM"
+    s.width = 128
+
+    def jobs_of(fn, *a, **kw) -> tuple[dict, list[dict]]:
+        before = len(log.read_text(encoding="utf-8").splitlines())
+        res = fn(*a, **kw)
+        lines = log.read_text(encoding="utf-8").splitlines()[before:]
+        return res, [json.loads(x) for x in lines]
+
+    # Nothing to act on yet: the operators say why.
+    out["empty"] = {
+        name: call_op(getattr(ops, name))
+        for name in ("history_restore", "copy_seed", "reuse_seed", "make_final")
+    }
+
+    # 1. Two generations; restoring the first gives back its World exactly.
+    out["a"] = call_generate(
+        seed=101, hdr=True, sun_lamp=True, rotation_z=0.5, strength=2.0, sun_strength=1.5
+    )
+    state_a = restorable_state(world_mod, scene)
+    out["b"] = call_generate(seed=202, hdr=False, rotation_z=-1.0, strength=0.7)
+    state_b = restorable_state(world_mod, scene)
+    out["restore_a"] = call_op(ops.history_restore, index=0)
+    out["restore"] = {"a": state_a, "b": state_b, "restored": restorable_state(world_mod, scene)}
+    out["restore_b"] = call_op(ops.history_restore, index=1)
+    out["restore"]["restored_b"] = restorable_state(world_mod, scene)
+
+    # 2. A missing file: a clear error, the World untouched.
+    exr = Path(bpy.path.abspath(s.history[0].exr_path))
+    hidden = exr.with_name("moved-away.exr")
+    exr.rename(hidden)
+    try:
+        before = restorable_state(world_mod, scene)
+        out["missing"] = call_op(ops.history_restore, index=0)
+        out["missing"].update(
+            path=str(exr),
+            unchanged=restorable_state(world_mod, scene) == before,
+            last_error=s.last_error,
+        )
+    finally:
+        hidden.rename(exr)
+
+    # 2b. An animated world (fake_video_worker.py): restored as its frame sequence.
+    history_python = os.environ["SPHEREDIFF_PYTHON"]
+    os.environ["SPHEREDIFF_PYTHON"] = make_fake_python(work, python, "fake_video_worker.py")
+    try:
+        video = {"video": True, "model_preset": "WAN", "frames": 5, "fps": 12, "loop": True}
+        out["video"] = call_generate(seed=55, rotation_z=0.25, **video)
+        out["video_index"] = len(s.history) - 1
+        video_state = restorable_state(world_mod, scene)
+        video_state["user"] = scene_state(scene, world_mod, work).get("image_user")
+    finally:
+        os.environ["SPHEREDIFF_PYTHON"] = history_python
+    out["after_video"] = call_generate(seed=56)
+    out["restore_video"] = call_op(ops.history_restore, index=out["video_index"])
+    restored_video = restorable_state(world_mod, scene)
+    restored_video["user"] = scene_state(scene, world_mod, work).get("image_user")
+    out["video_states"] = {"made": video_state, "restored": restored_video}
+
+    # 3. Seeds: a seed beyond 32 bits made, reused exactly, made again.
+    big = 2**31 + 5
+    out["big"], out["big_jobs"] = jobs_of(call_generate, exact_seed=str(big))
+    s.random_seed, s.seed = True, 7
+    out["reuse_big"] = call_op(ops.reuse_seed)
+    out["after_reuse_big"] = {
+        "exact_seed": s.exact_seed,
+        "random_seed": s.random_seed,
+        "seed": s.seed,
+    }
+    out["again"], out["again_jobs"] = jobs_of(call_generate)
+    try:
+        out["copy"] = call_op(ops.copy_seed)
+        out["clipboard"] = bpy.context.window_manager.clipboard
+    except Exception as exc:  # noqa: BLE001 - no clipboard in this background Blender
+        out["copy"] = {"error": repr(exc)}
+    s.history_index = 0
+    out["reuse_small"] = call_op(ops.reuse_seed)
+    out["after_reuse_small"] = {"exact_seed": s.exact_seed, "random_seed": s.random_seed}
+    out["after_reuse_small"]["seed"] = s.seed
+    s.exact_seed = "12ab"
+    out["bad_exact"], out["bad_exact_jobs"] = jobs_of(call_generate)
+    s.exact_seed = ""
+
+    # 4. Variations: three seeds, three files, three entries; the World is the last.
+    s.random_seed = True
+    count_before = len(s.history)
+    out["variations"], out["variation_jobs"] = jobs_of(call_op, ops.variations, count=3)
+    out["variation_entries"] = history_entries(scene)[count_before:]
+    env = world_mod.find_node(scene.world.node_tree, "environment")
+    out["variation_world"] = os.path.realpath(bpy.path.abspath(env.image.filepath))
+
+    # 5. A draft, then Make Final.
+    s.size, s.auto_steps, s.steps = "2K", False, 20
+    s.draft, s.draft_size, s.draft_steps = True, "1K", 4
+    s.hdr = False
+    out["draft"], out["draft_jobs"] = jobs_of(call_generate, seed=303)
+    s.seed = 9  # the scene moves on; the final keeps the draft's seed
+    out["final"], out["final_jobs"] = jobs_of(call_op, ops.make_final)
+    s.size = "AUTO"  # SD 1.5's own size: 2K
+    out["auto_draft"], out["auto_draft_jobs"] = jobs_of(call_generate, seed=304)
+    s.draft_size = "4K"  # larger than the final's 2K: refused by name
+    out["big_draft"], out["big_draft_jobs"] = jobs_of(call_generate, seed=305)
+    s.draft_size = "1K"
+    out["custom_auto_draft"], out["custom_jobs"] = jobs_of(
+        call_generate, seed=306, custom_model=str(work / "some-model")
+    )
+    s.draft = False
+    s.size = "2K"
+    # A script's draft: the operator's own arguments.
+    out["op_draft"], out["op_draft_jobs"] = jobs_of(
+        call_generate, seed=307, draft=True, draft_size="1K", draft_steps=3
+    )
+    out["op_draft_zero"], out["op_draft_zero_jobs"] = jobs_of(
+        call_generate, seed=308, draft=True, draft_steps=0
+    )
+    out["entries"] = history_entries(scene)
+    out["panels"] = draw_panels(bpy.context)
+
+    # 6. Save, move the project folder, reopen: the history, relative paths, thumbnails.
+    bpy.ops.wm.save_mainfile()
+    out["saved_entries"] = history_entries(scene)
+    moved = work / "moved" / "project"
+    shutil.copytree(project, moved)
+    shutil.rmtree(project)
+    bpy.ops.wm.open_mainfile(filepath=str(moved / "scene.blend"))
+    scene = bpy.context.scene
+    out["moved_blend"] = bpy.data.filepath
+    out["moved_entries"] = history_entries(scene)
+    out["moved_restore"] = call_op(ops.history_restore, index=0)
+    out["moved_state"] = restorable_state(world_mod, scene)
+    out["moved_panels"] = draw_panels(bpy.context)
+    # Saved elsewhere: the paths follow (relative to the new .blend, the same files).
+    (moved / "sub").mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(moved / "sub" / "elsewhere.blend"))
+    out["elsewhere_entries"] = history_entries(scene)
+    # Save Copy: the open file's paths stay relative to it, the copy's to the copy.
+    copy = moved / "copies" / "deeper" / "copy.blend"
+    copy.parent.mkdir(parents=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(copy), copy=True)
+    out["after_copy_entries"] = history_entries(scene)
+    bpy.ops.wm.open_mainfile(filepath=str(copy))
+    out["copy_entries"] = history_entries(bpy.context.scene)
+    bpy.ops.wm.open_mainfile(filepath=str(moved / "sub" / "elsewhere.blend"))
+    scene = bpy.context.scene
+
+    # 7. Remove entries: the files stay; with Delete Files they go.
+    count = len(scene.spherediff.history)
+    first = history_entries(scene)[1]
+    out["remove"] = call_op(ops.history_remove, index=1)
+    out["remove_after"] = {"count": len(scene.spherediff.history), "before": count}
+    out["remove_files_kept"] = all(os.path.isfile(p) for p in first["abspaths"].values() if p)
+    victim = history_entries(scene)[1]
+    out["remove_delete"] = call_op(ops.history_remove, index=1, delete_files=True)
+    out["remove_deleted"] = [os.path.exists(p) for p in victim["abspaths"].values() if p]
+    if hasattr(ops, "unload_model"):  # the warm worker, idle now: stopped like the add-on does
+        call_op(ops.unload_model)
+    out["end"] = {"children": child_processes(), "staging": staging_leftovers()}
+    bpy.ops.preferences.addon_disable(module=PKG)
+    handlers = (*bpy.app.handlers.save_pre, *bpy.app.handlers.save_post)
+    out["save_handlers_after_disable"] = [getattr(h, "__name__", "") for h in handlers]
+
+
+# --------------------------------------------------------------------------- warm worker
+class Spy:
+    """Calls through to ``module.name`` and records what the test asks for after each call
+    (the add-on's own function runs: nothing is replaced)."""
+
+    def __init__(self, module, name: str, after) -> None:
+        self.module, self.name, self.after = module, name, after
+        self.real = getattr(module, name)
+        self.calls: list = []
+
+        def spy(*args, **kwargs):
+            result = self.real(*args, **kwargs)
+            self.after(self.calls, result, *args, **kwargs)
+            return result
+
+        setattr(module, name, spy)
+
+    def restore(self) -> None:
+        setattr(self.module, self.name, self.real)
+
+
+def fake_serve_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def wait_dead(pid: int | None, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid is not None and pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pid is None or not pid_alive(pid)
+
+
+def preview_state(scene, world_mod) -> dict:
+    """What the World shows while a preview is up: its name, image and one pixel."""
+    env = world_mod.find_node(scene.world.node_tree, "environment") if scene.world else None
+    image = env.image if env is not None else None
+    state = {"world": scene.world.name if scene.world else None, "image": None}
+    if image is not None:
+        state.update(
+            image=image.name,
+            size=list(image.size),
+            source=image.source,
+            pixel=[round(v * 255) for v in image.pixels[:3]],
+            tagged=bool(image.get(world_mod.PREVIEW_TAG)),
+        )
+    return state
+
+
+def world_state(scene) -> dict:
+    """world_snapshot and the World data-blocks and images there are."""
+    return {
+        "snapshot": world_snapshot(scene),
+        "fake_user": bool(scene.world.use_fake_user) if scene.world else None,
+        "worlds": sorted(w.name for w in bpy.data.worlds),
+        "images": sorted(i.name for i in bpy.data.images),
+    }
+
+
+def scenario_warm(args, out: dict) -> None:
+    """The warm worker and live previews with fake_serve_worker.py (see its docstring)."""
+    work = Path(args.work)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    out["install"] = install_and_enable(args.zip)
+    ops_mod = sys.modules[SUB + ".operators"]
+    world_mod = sys.modules[SUB + ".world"]
+    wc = sys.modules[SUB + ".worker_client"]
+    scene = bpy.context.scene
+    bpy.ops.wm.save_as_mainfile(filepath=str(work / "scene.blend"))
+    os.environ["SPHEREDIFF_PYTHON"] = make_fake_python(
+        work, os.environ["SPHEREDIFF_PYTHON"], "fake_serve_worker.py"
+    )
+    control, log = work / "control.json", work / "serve.jsonl"
+    os.environ["FAKE_SERVE_CONTROL"], os.environ["FAKE_SERVE_LOG"] = str(control), str(log)
+
+    def mode(name: str, step_s: float = 0.05) -> None:
+        control.write_text(json.dumps({"mode": name, "step_s": step_s}), encoding="utf-8")
+
+    prefs = bpy.context.preferences.addons[PKG].preferences
+    out["prefs_default"] = {
+        "keep_model_loaded": prefs.keep_model_loaded,
+        "unload_after": round(prefs.unload_after, 3),
+        "live_preview": prefs.live_preview,
+        "preview_every": prefs.preview_every,
+    }
+    s = scene.spherediff
+    s.prompt = "a quiet harbour at dusk"
+    s.model_preset = "SD15"
+    s.size, s.width = "CUSTOM", 64
+    s.auto_steps, s.steps = False, 4
+    s.random_seed = False
+    s.hdr = s.sun_lamp = False
+    # A World of the user's own, with a colour to keep.
+    mine = bpy.data.worlds.new("My World")
+    scene.world = mine
+    mine.use_nodes = True
+    mine.node_tree.nodes["Background"].inputs["Color"].default_value = (0.2, 0.4, 0.6, 1.0)
+
+    runs: list[dict] = []
+
+    def after_finish(calls, result, context, gen):
+        run = gen.run
+        runs.append(
+            {
+                "pid": run.pid,
+                "ok": result[0],
+                "message": result[1],
+                "loaded": getattr(run, "loaded", None),
+                "phases": list(run.phases),
+                "first_denoise_s": run.first_denoise_s,
+                "served": type(run).__name__ == "ServedRun" and not run.one_shot,
+                "seed": gen.options["seed"],
+                "preview_every": gen.options.get("preview_every"),
+                "previews_seen": run.previews_seen,
+                "failure": run.failure.code if run.failure else None,
+            }
+        )
+
+    finish_spy = Spy(ops_mod, "finish_generation", after_finish)
+    shown: list[dict] = []
+    shown_event = threading.Event()
+
+    def after_show(calls, result, gen):
+        if result:
+            state = preview_state(scene, world_mod)
+            prev = gen.preview.previous
+            state["previous"] = prev.name if prev is not None else None
+            state["previous_fake_user"] = bool(prev.use_fake_user) if prev else None
+            state["shown"] = gen.preview.shown
+            shown.append(state)
+            shown_event.set()
+
+    show_spy = Spy(ops_mod, "show_latest_preview", after_show)
+
+    def call(name: str, **kwargs) -> dict:
+        before = len(runs)
+        res = call_generate(**kwargs)
+        res["runs"] = runs[before:]
+        res["warm_pid"] = wc.WARM.pid
+        res["children"] = child_processes()
+        res["staging"] = staging_leftovers()
+        out[name] = res
+        return res
+
+    # 1. Two jobs through one warm worker: one hello, the second without load events.
+    mode("ok")
+    call("first", seed=1)
+    call("second", seed=2)
+    out["after_two"] = {"log": fake_serve_log(log), "world": world_state(scene)}
+
+    # 2. Previews (a script asks for them in background mode) shown in the World.
+    shown.clear()
+    before = world_state(scene)
+    mode("ok", step_s=0.15)
+    res = call("preview", seed=3, steps=6, preview=True)
+    res["shown"] = list(shown)
+    res["before"], res["after"] = before, world_state(scene)
+
+    # 3. Cancel while a preview shows: the World exactly as it was, the worker serving on.
+    def cancel_when_shown(delay: float = 0.0):
+        def watch():
+            if shown_event.wait(30):
+                time.sleep(delay)
+                watch.at = time.monotonic()
+                ops_mod.request_cancel()
+
+        watch.at = None
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        return watch
+
+    for name, kind in (("cancel", "slow"), ("fail", "fail")):
+        shown.clear()
+        shown_event.clear()
+        mode(kind, step_s=0.1)
+        before = world_state(scene)
+        watch = cancel_when_shown() if kind == "slow" else None
+        res = call(name, seed=4, preview=True)
+        res["shown"] = list(shown)
+        res["before"], res["after"] = before, world_state(scene)
+        res["unchanged"] = res["before"] == res["after"]
+        if watch is not None and watch.at is not None:
+            res["stop_s"] = time.monotonic() - watch.at
+
+    # 4. The warm worker killed between jobs: a clean restart, and the user is told.
+    mode("ok")
+    killed = wc.WARM.pid
+    os.kill(killed, signal.SIGKILL)
+    out["killed_dead"] = wait_dead(killed)
+    call("after_kill", seed=5)
+    # ... and one that crashes by itself after a job.
+    mode("crash_after")
+    call("crash", seed=6)
+    crashed = out["crash"]["warm_pid"] or out["crash"]["runs"][0]["pid"]
+    out["crash_dead"] = wait_dead(crashed)
+    mode("ok")
+    call("after_crash", seed=7)
+
+    # 5. A cancel the worker does not answer: ended within a second; no "had stopped".
+    shown.clear()
+    shown_event.clear()
+    mode("deaf", step_s=0.1)
+    deaf_pid = wc.WARM.pid
+    watch = cancel_when_shown()
+    res = call("deaf", seed=8, preview=True)
+    res["stop_s"] = time.monotonic() - watch.at if watch.at else None
+    res["old_pid_dead"] = wait_dead(deaf_pid)
+    mode("ok")
+    call("after_deaf", seed=9)
+
+    # 6. Several seeds in one generation (Variations fills Generation.seeds): one worker.
+    history_before = len(getattr(s, "history", []))
+    s.seed = 10
+    gen, error = ops_mod.start_generation(bpy.context)
+    reports: list = []
+    seeds = {"error": error}
+    if gen is not None:
+        gen.seeds = [11, 12]
+        before = len(runs)
+        ok, message = ops_mod.run_generation(bpy.context, gen, lambda *a: reports.append(a))
+        env = world_mod.find_node(scene.world.node_tree, "environment")
+        seeds.update(
+            ok=ok,
+            message=message,
+            results=[r.get("seed") for r in gen.results],
+            runs=runs[before:],
+            image=env.image.get("spherediff_seed"),
+            last_seed=s.last_seed,
+            history=len(getattr(s, "history", [])) - history_before,
+            active=ops_mod.active_generation() is not None,
+            staging=staging_leftovers(),
+        )
+    seeds["reports"] = reports
+    out["seeds"] = seeds
+
+    # 7. The idle limit (the preference, in minutes) stops the worker.
+    idle_pid = wc.WARM.pid
+    prefs.unload_after = 0.02  # 1.2 s
+    time.sleep(2.5)
+    out["idle"] = {
+        "pid": idle_pid,
+        "dead": not pid_alive(idle_pid),
+        "warm_running": wc.WARM.running(),
+        "log": fake_serve_log(log)[-1],
+    }
+    prefs.unload_after = 10.0
+
+    # 8. Keep Model Loaded off: a worker per job, without --serve; the Unload operator.
+    prefs.keep_model_loaded = False
+    call("one_shot_a", seed=13)
+    call("one_shot_b", seed=14)
+    prefs.keep_model_loaded = True
+    call("warm_again", seed=15)
+    unload_pid = wc.WARM.pid
+    out["unload"] = {
+        "poll": bpy.ops.spherediff.unload_model.poll(),
+        "result": sorted(bpy.ops.spherediff.unload_model()),
+        "dead": wait_dead(unload_pid),
+        "poll_after": bpy.ops.spherediff.unload_model.poll(),
+    }
+
+    # 9. Disabling the add-on stops the warm worker (gracefully: it exits 0).
+    call("before_disable", seed=16)
+    disable_pid = wc.WARM.pid
+    finish_spy.restore()
+    show_spy.restore()
+    bpy.ops.preferences.addon_disable(module=PKG)
+    out["disable"] = {
+        "pid": disable_pid,
+        "dead": wait_dead(disable_pid),
+        "children": child_processes(),
+        "log": [e for e in fake_serve_log(log) if e["pid"] == disable_pid][-1],
+    }
+    out["log"] = fake_serve_log(log)
+
+    # 10. Enabled again, two jobs, then Blender exits without disabling (test: no worker
+    # left once this process is gone).
+    bpy.ops.preferences.addon_enable(module=PKG)
+    wc = sys.modules[SUB + ".worker_client"]  # (reloaded)
+    exit_runs = [call_generate(seed=17), call_generate(seed=18)]
+    out["exit"] = {"runs": exit_runs, "pid": wc.WARM.pid, "log_lines": len(fake_serve_log(log))}
+    out["heavy_modules"] = heavy_modules()
+
+
 def main() -> int:
     args = parse_args()
     out: dict = {"blender_version": bpy.app.version_string, "scenario": args.scenario}
@@ -1664,6 +2285,8 @@ def main() -> int:
             "hdr": scenario_hdr,
             "extend": scenario_extend,
             "gpus": scenario_gpus,
+            "history": scenario_history,
+            "warm": scenario_warm,
         }[args.scenario](args, out)
     except Exception:  # noqa: BLE001 - reported to the test, which fails on it
         out["fatal"] = traceback.format_exc()

@@ -93,7 +93,7 @@ def run_cases(args, out: dict) -> None:
                 Path(readonly).chmod(stat.S_IRWXU)
         res["unchanged"] = sc.world_snapshot(scene) == before
         res["staging"] = sc.staging_leftovers()
-        res["children"] = sc.child_processes()
+        res["children"] = sc.stray_children()  # (the warm worker waits for the next job)
         outputs = [p for p in _outputs(work) if p not in earlier]  # this case's alone
         res["outputs"] = [str(p.relative_to(work)) for p in outputs]
         res["sidecars"] = {

@@ -131,7 +131,10 @@ def test_first_generation_builds_the_world(scenario):
     st = s["first_settings"]
     assert st["last_image"] == img["filepath"] and st["last_seed"] == 7
     assert st["last_seconds"] > 0 and st["last_error"] == ""
-    assert s["after_first"] == {"staging": [], "children": [], "heavy_modules": []}
+    after = s["after_first"]
+    assert after["staging"] == [] and after["heavy_modules"] == []
+    # The one process left is the warm worker, waiting for the next job (issue 15).
+    assert [c["pid"] for c in after["children"]] == [after["warm_pid"]], after
     # An unsaved file's // folder is the temporary folder, a saved one's is next to it.
     assert Path(s["unsaved_output_folder"]) == Path(s["_tmp"]) / "spherediff"
     assert Path(s["saved_output_folder"]) == Path(s["_work"]) / "spherediff"
@@ -238,6 +241,28 @@ def test_rerun_updates_the_same_nodes_and_keeps_user_nodes(scenario):
     assert len([f for f in img["files"] if f.endswith(".json")]) == 2
 
 
+def test_second_generation_reuses_the_warm_worker(scenario):
+    """Issue 15: the second generation goes to the worker the first one started (the
+    real engine's --serve), which has the model loaded: no load phase, ``loaded: false``,
+    denoising within 2 s of the call."""
+    first, second = scenario["first"]["run"], scenario["second"]["run"]
+    assert first["served"] and second["served"], (first, second)
+    assert first["pid"] == second["pid"] == scenario["after_first"]["warm_pid"]
+    assert first["loaded"] is True and first["phases"][0] == "load", first
+    assert second["loaded"] is False and "load" not in second["phases"], second
+    assert second["first_denoise_s"] < 2.0, second
+    # Live previews from the real engine (preview=True: background mode has none by
+    # default), shown in the World while the job ran: a 512 x 256 ERP of its own.
+    assert second["previews_seen"] >= 1, second
+    shown = scenario["second"]["previews_shown"]
+    assert shown and shown[0]["world"] == "SphereDiff Preview World", shown
+    assert shown[0]["image"] == "SphereDiff Preview" and shown[0]["size"] == [512, 256]
+    print(
+        f"\nclick to first denoising step: cold {first['first_denoise_s']:.2f} s, "
+        f"warm {second['first_denoise_s']:.2f} s"
+    )
+
+
 # --------------------------------------------------------------------------- failures
 FAILURES = {
     "missing_python": ["does not exist", "SPHEREDIFF_PYTHON"],
@@ -257,7 +282,9 @@ FAILURES = {
 def test_failures_leave_the_world_untouched(scenario, name):
     f = scenario["failures"][name]
     assert f["unchanged"], f"{name}: the World changed:\n{f.get('before')}\n{f.get('after')}"
-    assert f["staging"] == [] and f["children"] == [], f
+    assert f["staging"] == [], f
+    # No process but the warm worker waiting for the next job.
+    assert [c["pid"] for c in f["children"]] in ([], [f["warm_pid"]]), f
     for fragment in FAILURES[name]:
         assert fragment in f["last_error"], (name, f["last_error"])
     if name == "cancel":
@@ -271,7 +298,11 @@ def test_cancel_stops_the_worker_within_a_second(scenario):
     f = scenario["failures"]["cancel"]
     assert f["watcher"].get("phase") == "denoise", f["watcher"]
     assert f["stop_s"] < 1.0, f"the worker took {f['stop_s']:.2f} s to stop"
-    assert f["worker_returncode"] in (130, -15, -9), f["worker_returncode"]
+    # The warm worker answers the cancel and serves on; a one-shot one exits.
+    if f["worker_returncode"] is None:
+        assert f["worker_serving_on"], f
+    else:
+        assert f["worker_returncode"] in (130, -15, -9), f["worker_returncode"]
 
 
 def test_killed_worker_is_reported(scenario):

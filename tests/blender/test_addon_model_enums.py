@@ -95,6 +95,8 @@ RELEASED = {
     "prefs.device": {"auto": 0, "cuda": 1, "mps": 2, "cpu": 3},
     "prefs.precision": {"auto": 0, "fp16": 1, "bf16": 2, "fp32": 3},
     "scene.size": {"1K": 0, "2K": 1, "4K": 2, "8K": 3, "CUSTOM": 4, "AUTO": 5},
+    # issue 15
+    "scene.draft_size": {"1K": 0, "2K": 1, "4K": 2},
 }
 # Where each enum of the add-on's registered classes is checked (class.property -> RELEASED).
 ENUM_OWNERS = {
@@ -102,6 +104,8 @@ ENUM_OWNERS = {
     "SPHEREDIFF_PG_settings.size": "scene.size",
     "SPHEREDIFF_OT_generate.model_preset": "scene.model_preset",
     "SPHEREDIFF_OT_generate.size": "scene.size",
+    "SPHEREDIFF_PG_settings.draft_size": "scene.draft_size",
+    "SPHEREDIFF_OT_generate.draft_size": "scene.draft_size",
     "SphereDiffPreferences.default_model": "prefs.default_model",
     "SphereDiffPreferences.default_video_model": "prefs.default_video_model",
     "SphereDiffPreferences.device": "prefs.device",

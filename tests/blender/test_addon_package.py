@@ -123,6 +123,7 @@ def test_install_enable_disable(registered):
         "WORLD_PT_spherediff_animated",
         "WORLD_PT_spherediff_output",
         "WORLD_PT_spherediff_generate",
+        "WORLD_PT_spherediff_history",
     } <= set(on["subpanels"]), on["subpanels"]
     assert {"generate", "cancel", "check_worker", "install_dependencies"} <= set(on["ops"])
     assert on["statusbar_draw"], "status bar progress not registered"
@@ -176,9 +177,16 @@ def test_panels_and_preferences_draw(registered):
         "fps",
         "loop",
         "match_scene",
+        "draft",
+        "draft_size",
+        "draft_steps",
+        "variation_count",
     ):
         assert ("prop", prop) in idle, prop
     assert ("operator", "spherediff.generate") in idle
+    for op in ("variations", "make_final", "copy_seed", "reuse_seed", "history_restore"):
+        assert ("operator", f"spherediff.{op}") in idle, op
+    assert ("list", "history") in idle
     assert ("operator", "spherediff.check_worker") in idle
     assert ("operator", "spherediff.install_dependencies") in idle
     assert ("operator", "spherediff.generate") not in running

@@ -699,6 +699,7 @@ def test_command_and_worker_write_the_same_sequence(
         "warnings": result["warnings"],
         "exr": None,  # videos stay LDR (issue 10)
         "sun": None,
+        "loaded": True,
         "video": True,
         "frames": n,
         "fps": case["fps"],

@@ -99,6 +99,7 @@ def test_job_reports_events_in_order_and_writes_files(engine_env, tiny_sd15, tmp
         "warnings": result["warnings"],
         "exr": None,
         "sun": None,
+        "loaded": True,  # a one-job worker always loads its model
     }
     assert result["seconds"] > 0
     # 64 px wide: views far below SD 1.5's native 512 px, and the result says so.

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..denoise import DenoiserInput, Guidance
+from ..denoise import DenoiserInput, Guidance, StepState
 from ..families import frames_rule, nearest_valid_frames
 
 __all__ = [
@@ -287,6 +287,30 @@ class ModelAdapter(ABC):
         vae = self.pipe.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * vae.config.scaling_factor
+
+    # --- live preview (spherediff_core.preview) -----------------------------------------
+    @torch.no_grad()
+    def preview_fit_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB (n, 3, H, W) in [0, 1] -> sphere-point latents (n, C, H / s, W / s), from
+        which the live preview's linear latent -> RGB projection is fitted.
+
+        :meth:`encode_images` (a sphere point's channels as the denoiser sees them,
+        packed 2x2 tokens included); a video family's encoder takes each image as a
+        one-frame clip and its one latent frame is kept."""
+        if self.is_video:
+            return self.encode_images(images[:, :, None])[:, :, 0]
+        return self.encode_images(images)
+
+    def predict_x0(self, scheduler: Any, state: StepState) -> torch.Tensor:
+        """The predicted clean sphere latents of a finished step, shaped like
+        ``state.sample``, float32 (:func:`spherediff_core.preview.predict_x0`: from the
+        scheduler's prediction type and its own noise tables). A family whose model
+        output is not a diffusers prediction type of its scheduler overrides this. The
+        preview hands it the step narrowed to what it shows (a video's middle latent
+        frame, the points of its pixels): the prediction must be point by point."""
+        from ..preview import predict_x0
+
+        return predict_x0(scheduler, state)
 
     # --- memory -------------------------------------------------------------------------
     def apply_memory_options(self, cpu_offload: bool, vae_tiling: bool, vae_slicing: bool) -> None:

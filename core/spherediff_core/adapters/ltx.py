@@ -149,6 +149,14 @@ class LTXVideoAdapter(ModelAdapter):
             latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor
         )
 
+    def from_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The encoder's latents -> the denoiser's (LTXPipeline's ``_normalize_latents``;
+        the live preview's fit encodes with it)."""
+        vae = self.pipe.vae
+        return self.pipe._normalize_latents(
+            latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor
+        )
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         vae = self.pipe.vae

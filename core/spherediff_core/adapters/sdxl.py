@@ -103,6 +103,15 @@ class StableDiffusionXLAdapter(ModelAdapter):
         return (latents - mean_t) * vae.config.scaling_factor / std_t
 
     @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        # The encoder overflows in float16 too (force_upcast), as StableDiffusionXLImg2Img
+        # knows: encode in float32 (the known image, the live preview's fit).
+        vae = self.pipe.vae
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            vae.to(torch.float32)
+        return super().encode_images(images)
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         vae = self.pipe.vae
         # SDXL's VAE overflows in float16 (force_upcast): decode in float32, as diffusers does.

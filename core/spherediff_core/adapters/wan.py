@@ -193,6 +193,16 @@ class WanAdapter(ModelAdapter):
         std = torch.tensor(config.latents_std, dtype=latents.dtype, device=latents.device)
         return latents * std.view(shape) + mean.view(shape)
 
+    def from_vae_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The encoder's latents -> the denoiser's, as WanImageToVideoPipeline writes it:
+        ``(latents - mean) / std`` (the live preview's fit encodes with it)."""
+        config = self.pipe.vae.config
+        c = latents.shape[1]
+        shape = (1, c) + (1,) * (latents.dim() - 2)
+        mean = torch.tensor(config.latents_mean, dtype=latents.dtype, device=latents.device)
+        std = torch.tensor(config.latents_std, dtype=latents.dtype, device=latents.device)
+        return (latents - mean.view(shape)) / std.view(shape)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if latents.dim() != 5:
