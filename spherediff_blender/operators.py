@@ -14,6 +14,7 @@ Jobs run on the warm worker (worker_client.WARM) unless several GPUs are set or 
 Loaded is off; a generation with ``Generation.seeds`` runs one job per seed on it.
 """
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -1452,14 +1453,48 @@ def _on_load_pre(*_args):
     abort_active()
 
 
+@bpy.app.handlers.persistent
+def _on_save_pre(*_args):
+    gen = _ACTIVE
+    if gen is not None and gen.preview is not None:
+        gen.preview.hide_for_save()
+
+
+@bpy.app.handlers.persistent
+def _on_save_post(*_args):
+    gen = _ACTIVE
+    if gen is not None and gen.preview is not None:
+        gen.preview.show_after_save()
+
+
+def _at_exit() -> None:
+    """Blender quits during a generation: stop its worker and remove its staging folder
+    (no bpy here: the file's data may be gone by now)."""
+    gen = _ACTIVE
+    if gen is not None:
+        gen.run.abort()
+        shutil.rmtree(gen.staging, ignore_errors=True)
+
+
+_HANDLERS = (
+    (bpy.app.handlers.load_pre, _on_load_pre),
+    (bpy.app.handlers.save_pre, _on_save_pre),
+    (bpy.app.handlers.save_post, _on_save_post),
+)
+
+
 def register_handlers() -> None:
-    if _on_load_pre not in bpy.app.handlers.load_pre:
-        bpy.app.handlers.load_pre.append(_on_load_pre)
+    for handlers, handler in _HANDLERS:
+        if handler not in handlers:
+            handlers.append(handler)
+    atexit.register(_at_exit)
 
 
 def unregister_handlers() -> None:
-    if _on_load_pre in bpy.app.handlers.load_pre:
-        bpy.app.handlers.load_pre.remove(_on_load_pre)
+    for handlers, handler in _HANDLERS:
+        if handler in handlers:
+            handlers.remove(handler)
+    atexit.unregister(_at_exit)
     abort_active()
     worker_client.WARM.stop()  # disabling the add-on: no worker left behind
 

@@ -58,6 +58,7 @@ MAX_GPUS = 64
 TERMINATE_AFTER_S = 0.4  # after "cancel": SIGTERM / CTRL_BREAK_EVENT to the process group
 KILL_AFTER_S = 0.8  # then SIGKILL / TerminateProcess: stopped within a second
 EXIT_WAIT_S = 5.0  # how long a worker may take to exit after its stdout closed
+EXIT_CANCELLED = 130  # the engine's exit code after a cancel (docs/worker-protocol.md)
 EOF = "_eof"  # pseudo event: the worker closed its standard output
 PREVIEW_COPY_NAME = "live-preview.png"  # the newest preview, copied into preview_dir
 
@@ -759,8 +760,8 @@ def run_blocking(run: GenerationRun, report=None, interval: float = 0.1) -> None
 SERVE_ARG = "--serve"
 DEFAULT_IDLE_S = 600.0  # the preferences' Unload After: 10 minutes
 # A serving worker answers "cancel" and keeps its model; one that cannot stop by itself
-# exits 130 after its own stop deadline (1.2 s). Only a worker that hangs beyond that is
-# ended, so a cancel during a long model call does not cost the loaded model.
+# (inside one long model call) exits 130 after its own stop deadline (1.2 s). The add-on
+# waits past that deadline, so it never kills a worker that is about to answer.
 SERVE_TERMINATE_AFTER_S = 1.5
 SERVE_KILL_AFTER_S = 2.0
 STOP_WAIT_S = 3.0  # after its input closes a serving worker exits (torch's teardown)
@@ -814,6 +815,7 @@ class ServedWorker:
         self.idle_since = time.monotonic()
         self.expected_exit = False  # ended by the add-on: unload, idle, an unanswered cancel
         self.death_reported = False  # a job already failed because it died
+        self.cancelled = False  # its last job was cancelled (the engine may end with 130)
 
     @property
     def pid(self) -> int | None:
@@ -916,8 +918,12 @@ class WarmWorker:
             if served is not None and served.busy:
                 raise RuntimeError("the warm worker is busy with another job")
             if served is not None and _ended(served.process):
-                if not (served.expected_exit or served.death_reported):
-                    note = restart_note(served.process.returncode())
+                code = served.process.returncode()
+                # A cancel inside one long model call ends the engine (exit 130): the
+                # user asked for it, so no "had stopped" note.
+                cancelled = served.cancelled and code == EXIT_CANCELLED
+                if not (served.expected_exit or served.death_reported or cancelled):
+                    note = restart_note(code)
                 served.process.close()
                 served = self._served = None
             elif served is not None and served.key != key:
@@ -934,6 +940,7 @@ class WarmWorker:
             else:
                 _log_line(stderr_log, f"--- next job, {time.ctime()}", append=True)
             # A new job: its own cancel and escalation (the process is the same).
+            served.cancelled = False
             served.process.cancel_sent_at = None
             served.process.terminated = served.process.killed = False
             served.busy = True
@@ -1104,6 +1111,11 @@ class ServedRun(GenerationRun):
         if self.served is not None and not self.one_shot:
             self.served.expected_exit = True
         super().abort()
+
+    def request_cancel(self) -> None:
+        if self.served is not None and not self.one_shot:
+            self.served.cancelled = True
+        super().request_cancel()
 
     # -- events -----------------------------------------------------------------------
     def _handle(self, event: dict[str, Any]) -> None:

@@ -624,6 +624,19 @@ class LivePreview:
         scene.world = world
         apply_environment(scene, image, rotation_z, strength)
 
+    def hide_for_save(self) -> None:
+        """Before the file is saved (save_pre): the scene's own World in the file, never
+        the preview's (whose in-memory image would be saved without its pixels)."""
+        scene = bpy.data.scenes.get(self.scene_name)
+        if self.swapped and _alive(self.world) and scene is not None and scene.world == self.world:
+            scene.world = self.previous if _alive(self.previous) else None
+
+    def show_after_save(self) -> None:
+        """After the file is saved (save_post): the preview back in the viewport."""
+        scene = bpy.data.scenes.get(self.scene_name)
+        if self.swapped and _alive(self.world) and scene is not None:
+            scene.world = self.world
+
     def end(self) -> None:
         """The scene's own World back; the preview's World and image removed."""
         world, image, previous = self.world, self.image, self.previous

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -86,18 +87,18 @@ def fibonacci_sphere(n_points: int, dtype: torch.dtype = torch.float64) -> torch
     return pts.to(dtype)
 
 
-def nearest_points(queries: torch.Tensor, points: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def nearest_points(queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Index of the nearest of ``points`` (M, 3) for each of ``queries`` (Q, 3): (Q,) int64.
 
-    Unit vectors: the nearest is the largest dot product. Chunked, so memory stays at
-    ``chunk`` x M values.
+    Unit vectors: the nearest by chord is the nearest by angle. A KD-tree, so memory
+    stays linear in Q + M (a dense Q x M dot-product table of an 8K lattice against a 4K
+    one would be gigabytes).
     """
-    points_t = points.to(torch.float32).T.contiguous()
-    out = torch.empty(queries.shape[0], dtype=torch.int64)
-    for i in range(0, queries.shape[0], chunk):
-        q = queries[i : i + chunk].to(torch.float32)
-        out[i : i + chunk] = (q @ points_t).argmax(dim=1)
-    return out
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points.to(torch.float64).numpy())
+    _, index = tree.query(queries.to(torch.float64).numpy(), k=1)
+    return torch.from_numpy(index.astype(np.int64))
 
 
 def directions_to_lonlat(dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,11 +75,13 @@ class StopDeadline:
 
     def arm(self) -> None:
         """Start the countdown (idempotent, any thread, also from a signal handler)."""
-        if self._armed.is_set():
-            return
-        self._armed.set()
+        with _guard:  # (re-entrant: a signal handler may run while this thread holds it)
+            if self._armed.is_set():
+                return
+            self._armed.set()
+            epoch = self._epoch  # read with the flag, so a disarm() cannot come between
         threading.Thread(
-            target=self._run, args=(self._epoch,), name="spherediff-stop-deadline", daemon=True
+            target=self._run, args=(epoch,), name="spherediff-stop-deadline", daemon=True
         ).start()
 
     def settle(self, code: int) -> None:

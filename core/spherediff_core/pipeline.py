@@ -844,7 +844,9 @@ class SphereDiffPipeline:
 
         on_step = None
         if preview is not None:  # the model's projection (fitted once), the ERP index
-            on_step = preview.attach(adapter, run.plan, scheduler, self.plan_cache_dir)
+            on_step = preview.attach(
+                adapter, run.plan, scheduler, self.plan_cache_dir, should_cancel=run.should_cancel
+            )
         if callback is not None:  # the first view batch may take long: say it has begun
             n_steps = len(scheduler.timesteps)
             batch = max(1, options.view_batch_size)

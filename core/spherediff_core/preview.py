@@ -314,6 +314,7 @@ def fit_projection_from_encoder(
     scale: int,
     channels: int,
     ridge: float = FIT_RIDGE,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> LatentProjection:
     """Fit the projection of an encoder: RGB (1, 3, H, W) in [0, 1] -> (1, C, H / scale,
     W / scale) latents (a model's ``preview_fit_latents``).
@@ -322,7 +323,8 @@ def fit_projection_from_encoder(
     latent cells, encoded one at a time (a few MB of activations, once per model); each
     latent cell's target is its ``scale x scale`` pixels' mean colour. The border cells
     are left out (the encoder's padding shapes them). Enough fields are added for at
-    least 8 samples per unknown.
+    least 8 samples per unknown. ``should_cancel`` is polled between images (a big VAE
+    on a CPU takes seconds an image): a cancel gives up the fit.
     """
     grid = min(16, max(8, FIT_PIXELS // scale))
     inner = (grid - 2) ** 2
@@ -331,6 +333,8 @@ def fit_projection_from_encoder(
     images = fit_images(grid * scale, fields)
     lat_rows, rgb_rows = [], []
     for image in images.split(1):
+        if should_cancel is not None and should_cancel():
+            raise PreviewUnavailable("the job was cancelled during the fit")
         lat = encode(image).float().cpu()
         if not bool(torch.isfinite(lat).all()):
             raise PreviewUnavailable(
@@ -377,7 +381,11 @@ def vae_key(adapter: Any) -> str:
 _FITTED: weakref.WeakKeyDictionary[Any, LatentProjection] = weakref.WeakKeyDictionary()
 
 
-def projection_for(adapter: Any, cache_dir: str | Path | None = None) -> LatentProjection:
+def projection_for(
+    adapter: Any,
+    cache_dir: str | Path | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> LatentProjection:
     """The model's latent -> RGB projection: kept on the loaded adapter, cached on disk as
     ``preview-<vae_key>.json`` in ``cache_dir`` (default: the plan cache folder), fitted
     when neither has it (:func:`fit_projection_from_encoder` with the adapter's
@@ -396,6 +404,7 @@ def projection_for(adapter: Any, cache_dir: str | Path | None = None) -> LatentP
             adapter.preview_fit_latents,
             int(adapter.vae_scale_factor),
             int(adapter.latent_channels),
+            should_cancel=should_cancel,
         )
         logger.info(
             "fitted the live preview's latent -> RGB projection in %.2f s (RMS %.3f, %d cells)",
@@ -621,6 +630,7 @@ class PreviewSink:
         self.keep = max(1, int(keep))
         self.written: list[Path] = []
         """The files on disk now, oldest first."""
+        self._leftover: list[Path] = []  # old previews a reader held open (Windows)
         self.steps: list[int] = []
         """The steps previewed, in order."""
         self.seconds = 0.0
@@ -644,6 +654,7 @@ class PreviewSink:
         scheduler: Any,
         cache_dir: str | Path | None = None,
         projection: LatentProjection | None = None,
+        should_cancel: Callable[[], bool] | None = None,
     ) -> Callable[[StepState], None] | None:
         """Prepare this job's previews (the model's projection, the plan's ERP index) and
         return the denoising loop's ``on_step``; None when no preview can be made (logged).
@@ -655,7 +666,7 @@ class PreviewSink:
         predict = predict_x0 if adapter is None else adapter.predict_x0
         try:
             if projection is None:
-                projection = projection_for(adapter, cache_dir)
+                projection = projection_for(adapter, cache_dir, should_cancel)
             index = plan_erp_index(plan, self.width)
         except Exception as exc:  # noqa: BLE001 - a preview must never cost the generation
             logger.warning("no live preview for this model: %s", exc)
@@ -706,7 +717,11 @@ class PreviewSink:
         self.written.append(path)
         self.steps.append(step)
         while len(self.written) > self.keep:
-            placing.remove(self.written.pop(0))
+            oldest = self.written.pop(0)
+            try:
+                placing.remove(oldest)
+            except OSError:  # Windows: a client still has it open; close() tries again
+                self._leftover.append(oldest)
         if self.announce is not None:
             self.announce(str(path), step, total)
         return path
@@ -736,6 +751,8 @@ class PreviewSink:
         Safe to call again, and from another thread (a worker's hard stop)."""
         _LIVE.discard(self)
         self.disabled = True
+        self.written.extend(self._leftover)
+        self._leftover.clear()
         while self.written:
             with contextlib.suppress(OSError):
                 placing.remove(self.written.pop(0))

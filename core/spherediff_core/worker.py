@@ -596,15 +596,25 @@ class _Serving:
         self._lock = threading.Lock()
         self._latest: _JobLine | None = None
         self._current: _JobLine | None = None
+        self._closed = False  # the client closed its end while no job ran: stop, exit 0
 
     def read(self, reader: _LineReader, on_eof: Callable[[], None] | None) -> None:
-        """The standard-input thread: job lines and ``cancel`` lines until end of input."""
+        """The standard-input thread: job lines and ``cancel`` lines until end of input.
+
+        ``on_eof`` (``--parent-pid``: the client keeps its end open while it lives): the
+        end of input during a job means the client is gone, so the job is cancelled and
+        the worker ends; between jobs it is how the client lets the worker go (exit 0,
+        jobs still waiting dropped). Without it, the jobs read are run, then exit 0.
+        """
         while True:
             line = reader.readline()
             if line is None:
-                self.jobs.put(None)
-                if on_eof is not None:
+                with self._lock:
+                    busy = self._current is not None
+                    self._closed = on_eof is not None and not busy
+                if busy and on_eof is not None:
                     on_eof()
+                self.jobs.put(None)
                 return
             text = line.strip()
             if not text:
@@ -632,17 +642,23 @@ class _Serving:
         with self._lock:
             self.stopping.token.reset()
             self._current = item
-            return not item.cancelled
+            return not item.cancelled and not self._closed
 
     def end(self) -> None:
+        """The job has sent its last event. Under the lock that ``cancel`` takes too, so a
+        cancel that came after the job's last event cannot leave the deadline armed."""
         with self._lock:
             self._current = None
             if not self.stopping.ending:
                 self.stopping.token.reset()
+                self.stopping.deadline.disarm()
 
     def next_job(self) -> _JobLine | None:
         """The next job line; None at end of input or when the worker must stop."""
         while not self.stopping.ending:
+            with self._lock:
+                if self._closed:
+                    return None
             try:
                 return self.jobs.get(timeout=0.1)
             except queue.Empty:
@@ -691,9 +707,9 @@ def _serve(w: _Worker, serving: _Serving) -> int:
                 break
     except KeyboardInterrupt:  # a second signal while waiting for a job
         code = EXIT_CANCELLED
+    w.stopping.deadline.settle(code)  # first: an armed deadline then ends with this code
     if w.models is not None:
         w.models.unload()
-    w.stopping.deadline.settle(code)
     return code
 
 

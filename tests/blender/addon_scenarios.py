@@ -2107,6 +2107,7 @@ def scenario_warm(args, out: dict) -> None:
     finish_spy = Spy(ops_mod, "finish_generation", after_finish)
     shown: list[dict] = []
     shown_event = threading.Event()
+    save_at_preview: list[Path] = []  # save a copy of the file while this preview shows
 
     def after_show(calls, result, gen):
         if result:
@@ -2115,6 +2116,11 @@ def scenario_warm(args, out: dict) -> None:
             state["previous"] = prev.name if prev is not None else None
             state["previous_fake_user"] = bool(prev.use_fake_user) if prev else None
             state["shown"] = gen.preview.shown
+            if save_at_preview:
+                path = save_at_preview.pop()
+                bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True)
+                state["saved"] = str(path)
+                state["world_after_save"] = scene.world.name if scene.world else None
             shown.append(state)
             shown_event.set()
 
@@ -2140,9 +2146,14 @@ def scenario_warm(args, out: dict) -> None:
     shown.clear()
     before = world_state(scene)
     mode("ok", step_s=0.15)
+    save_at_preview.append(work / "saved_during_preview.blend")
     res = call("preview", seed=3, steps=6, preview=True)
     res["shown"] = list(shown)
     res["before"], res["after"] = before, world_state(scene)
+    saved = work / "saved_during_preview.blend"
+    if saved.is_file():  # what the file holds: the scene's own World, not the preview's
+        with bpy.data.libraries.load(str(saved)) as (data_from, _data_to):
+            res["saved_worlds"] = sorted(data_from.worlds)
 
     # 3. Cancel while a preview shows: the World exactly as it was, the worker serving on.
     def cancel_when_shown(delay: float = 0.0):

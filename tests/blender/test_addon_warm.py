@@ -108,6 +108,18 @@ def test_previews_show_in_the_world_during_the_job(scenario):
     assert after["worlds"] == res["before"]["worlds"]
 
 
+def test_a_file_saved_during_a_preview_holds_the_scenes_own_world(scenario):
+    """Saving (or an autosave) while a preview shows writes the scene's own World, not
+    the preview's World with its in-memory image; the preview is back in the viewport."""
+    res = scenario["preview"]
+    saved = [state for state in res["shown"] if "saved" in state]
+    assert len(saved) == 1, res["shown"]
+    assert saved[0]["world_after_save"] == "SphereDiff Preview World"
+    previous = res["before"]["snapshot"]["world"]
+    assert previous in res["saved_worlds"], res["saved_worlds"]
+    assert "SphereDiff Preview World" not in res["saved_worlds"]
+
+
 @pytest.mark.parametrize("name", ["cancel", "fail"])
 def test_cancel_and_failure_put_the_world_back_exactly(scenario, name):
     res = scenario[name]

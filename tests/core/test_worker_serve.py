@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -202,3 +205,64 @@ def test_preview_events_belong_to_their_job_and_leave_no_files(engine_env, tiny_
         assert first < kinds.index(("preview", None)) < decode
         assert events[-1]["event"] == "result"
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
+
+
+def test_another_model_or_device_reloads_and_the_same_comes_back(engine_env, tiny_sd15, tmp_path):
+    """The worker keeps one model: another model (here a copy of the folder) or another
+    device setting unloads it and loads anew; the loaded one is reused only as it is."""
+    other = tmp_path / "sd15-copy"
+    shutil.copytree(tiny_sd15, other)
+    proc = WorkerProcess(["--serve"], engine_env, tmp_path / "stderr.txt")
+    assert proc.next_event()["event"] == "hello"
+    runs = [
+        (tiny_sd15, "auto"),  # loads
+        (tiny_sd15, "auto"),  # reused
+        (other, "auto"),  # another model: loads
+        (tiny_sd15, "auto"),  # the first again: loads (one model kept at a time)
+        (tiny_sd15, "cpu"),  # another device setting: loads
+        (tiny_sd15, "cpu"),  # reused
+    ]
+    for i, (model, device) in enumerate(runs):
+        proc.send(json.dumps(make_job(model, tmp_path / f"{i}.png", device=device)))
+    loaded = [read_job_events(proc)[-1]["loaded"] for _ in runs]
+    proc.close_stdin()
+    assert proc.wait() == 0
+    assert loaded == [True, False, True, True, True, False]
+
+
+def test_a_late_cancel_does_not_end_the_worker(engine_env, tiny_sd15, tmp_path):
+    """A cancel that arrives after its job's result (the client pressed Esc as it ended)
+    cancels nothing: the stop deadline is not left armed, the worker serves on."""
+    proc = WorkerProcess(["--serve"], engine_env, tmp_path / "stderr.txt")
+    assert proc.next_event()["event"] == "hello"
+    proc.send(json.dumps(make_job(tiny_sd15, tmp_path / "a.png")))
+    assert read_job_events(proc)[-1]["event"] == "result"
+    proc.send("cancel")
+    time.sleep(2.0)  # past the 1.2 s stop deadline
+    assert proc.proc.poll() is None, proc.stderr()
+    proc.send(json.dumps(make_job(tiny_sd15, tmp_path / "b.png")))
+    assert read_job_events(proc)[-1]["loaded"] is False
+    proc.close_stdin()
+    assert proc.wait() == 0
+
+
+def test_an_idle_worker_stops_when_its_parent_dies(engine_env, tiny_sd15, tmp_path):
+    """--parent-pid while idle between jobs: the client's process ending ends the worker
+    (no orphan holding the model), within the 2 s the protocol promises."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        proc = WorkerProcess(
+            ["--serve", "--parent-pid", str(parent.pid)], engine_env, tmp_path / "stderr.txt"
+        )
+        assert proc.next_event()["event"] == "hello"
+        proc.send(json.dumps(make_job(tiny_sd15, tmp_path / "a.png")))
+        assert read_job_events(proc)[-1]["event"] == "result"
+        parent.kill()
+        parent.wait()
+        t0 = time.monotonic()
+        code = proc.wait(10)
+        assert time.monotonic() - t0 < 3.0
+        assert code == EXIT_CANCELLED and proc.events(5) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
