@@ -555,8 +555,6 @@ class ModelCache:
         self.key: tuple[Any, ...] | None = None
         self.pipe: Any = None
         self.check: ModelCheck | None = None
-        self.loads = 0
-        """How many times a model was loaded (tests and the benchmark read it)."""
 
     @staticmethod
     def key_for(options: GenerationOptions, plan_cache_dir: str | Path | None) -> tuple[Any, ...]:
@@ -582,7 +580,6 @@ class ModelCache:
 
     def keep(self, options: GenerationOptions, plan_cache_dir: Any, pipe: Any, check: Any) -> None:
         self.key, self.pipe, self.check = self.key_for(options, plan_cache_dir), pipe, check
-        self.loads += 1
 
     def unload(self) -> None:
         """Drop the loaded model and give its memory back (device caches included)."""
