@@ -630,11 +630,18 @@ class LivePreview:
         scene = bpy.data.scenes.get(self.scene_name)
         if self.swapped and _alive(self.world) and scene is not None and scene.world == self.world:
             scene.world = self.previous if _alive(self.previous) else None
+            # The image loses its one user too, so the file holds neither of them.
+            node = find_node(self.world.node_tree, "environment")
+            if node is not None:
+                node.image = None
 
     def show_after_save(self) -> None:
         """After the file is saved (save_post): the preview back in the viewport."""
         scene = bpy.data.scenes.get(self.scene_name)
         if self.swapped and _alive(self.world) and scene is not None:
+            node = find_node(self.world.node_tree, "environment")
+            if node is not None and _alive(self.image):
+                node.image = self.image
             scene.world = self.world
 
     def end(self) -> None:

@@ -2154,6 +2154,7 @@ def scenario_warm(args, out: dict) -> None:
     if saved.is_file():  # what the file holds: the scene's own World, not the preview's
         with bpy.data.libraries.load(str(saved)) as (data_from, _data_to):
             res["saved_worlds"] = sorted(data_from.worlds)
+            res["saved_images"] = sorted(data_from.images)
 
     # 3. Cancel while a preview shows: the World exactly as it was, the worker serving on.
     def cancel_when_shown(delay: float = 0.0):

@@ -118,6 +118,7 @@ def test_a_file_saved_during_a_preview_holds_the_scenes_own_world(scenario):
     previous = res["before"]["snapshot"]["world"]
     assert previous in res["saved_worlds"], res["saved_worlds"]
     assert "SphereDiff Preview World" not in res["saved_worlds"]
+    assert "SphereDiff Preview" not in res["saved_images"]  # its pixels live in memory only
 
 
 @pytest.mark.parametrize("name", ["cancel", "fail"])
