@@ -364,6 +364,22 @@ def test_fit_recovers_a_linear_encoder():
     assert (back - pooled).abs().max() < 2e-3
 
 
+def test_a_cancel_gives_up_the_fit_between_images():
+    """A big VAE on a CPU takes seconds an image: the fit polls the job's cancel between
+    images, so a cancel is not left waiting for the whole fit (a serving worker would
+    otherwise be ended by its stop deadline, model and all)."""
+    calls: list[int] = []
+    inner = _linear_encoder(torch.eye(3), torch.zeros(3), 8)
+
+    def encode(image):
+        calls.append(1)
+        return inner(image)
+
+    with pytest.raises(pv.PreviewUnavailable, match="cancelled"):
+        pv.fit_projection_from_encoder(encode, 8, 3, should_cancel=lambda: len(calls) >= 2)
+    assert len(calls) == 2
+
+
 def test_fit_images_are_fixed_and_cover_the_colours():
     a, b = pv.fit_images(32), pv.fit_images(32)
     assert torch.equal(a, b) and a.shape == (len(pv.FIT_SOLIDS) + pv.FIT_FIELDS, 3, 32, 32)
@@ -471,8 +487,8 @@ def test_a_preview_that_cannot_be_written_turns_previews_off(tmp_path, caplog):
 class _Recording(pv.PreviewSink):
     """A real sink that also keeps each finished step's sphere latents (for the test)."""
 
-    def attach(self, adapter, plan, scheduler, cache_dir=None, projection=None):
-        on_step = super().attach(adapter, plan, scheduler, cache_dir, projection)
+    def attach(self, adapter, plan, scheduler, cache_dir=None, projection=None, **kwargs):
+        on_step = super().attach(adapter, plan, scheduler, cache_dir, projection, **kwargs)
         self.states: list[StepState] = []
         self.adapter, self.plan = adapter, plan
 
