@@ -591,6 +591,29 @@ def _busy_problem(cls, context) -> bool:
     return False
 
 
+def _generation_problem(cls, context) -> bool:
+    """poll of an operator that starts a generation: :func:`_busy_problem`, or the
+    dependencies being installed."""
+    from . import installer
+
+    if _busy_problem(cls, context):
+        return True
+    if installer.STATE.running:
+        cls.poll_message_set("Dependencies are being installed; wait until that is done")
+        return True
+    return False
+
+
+class _StartsGeneration:
+    """Variations and Make Final: the same run from a button (invoke) or a script."""
+
+    def execute(self, context):
+        return self._run(context)
+
+    def invoke(self, context, event):
+        return self._run(context)
+
+
 # --------------------------------------------------------------------------- operators
 _INDEX = IntProperty(
     name="Index",
@@ -743,7 +766,7 @@ class SPHEREDIFF_OT_reuse_seed(_SeedOperator, Operator):
         self.report({"INFO"}, f"SphereDiff: seed {entry.seed}, Random off")
 
 
-class SPHEREDIFF_OT_variations(Operator):
+class SPHEREDIFF_OT_variations(_StartsGeneration, Operator):
     """Several seeds in one go (each its own files and history entry)"""
 
     bl_description = (
@@ -767,12 +790,9 @@ class SPHEREDIFF_OT_variations(Operator):
 
     @classmethod
     def poll(cls, context):
-        from . import installer, operators
+        from . import operators
 
-        if _busy_problem(cls, context):
-            return False
-        if installer.STATE.running:
-            cls.poll_message_set("Dependencies are being installed; wait until that is done")
+        if _generation_problem(cls, context):
             return False
         if not context.scene.spherediff.prompt.strip():
             cls.poll_message_set("Write a prompt first")
@@ -782,12 +802,6 @@ class SPHEREDIFF_OT_variations(Operator):
             cls.poll_message_set(problem)
             return False
         return True
-
-    def execute(self, context):
-        return self._run(context)
-
-    def invoke(self, context, event):
-        return self._run(context)
 
     def _run(self, context):
         from . import operators
@@ -819,7 +833,7 @@ class SPHEREDIFF_OT_variations(Operator):
         return {"FINISHED"}
 
 
-class SPHEREDIFF_OT_make_final(Operator):
+class SPHEREDIFF_OT_make_final(_StartsGeneration, Operator):
     """A draft made again at full size and steps"""
 
     bl_description = (
@@ -834,23 +848,12 @@ class SPHEREDIFF_OT_make_final(Operator):
 
     @classmethod
     def poll(cls, context):
-        from . import installer
-
-        if _busy_problem(cls, context):
-            return False
-        if installer.STATE.running:
-            cls.poll_message_set("Dependencies are being installed; wait until that is done")
+        if _generation_problem(cls, context):
             return False
         if draft_entry(context.scene) is None:
             cls.poll_message_set("No draft in the history: turn on Draft and generate one")
             return False
         return True
-
-    def execute(self, context):
-        return self._run(context)
-
-    def invoke(self, context, event):
-        return self._run(context)
 
     def _run(self, context):
         scene = context.scene
