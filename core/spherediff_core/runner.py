@@ -572,10 +572,11 @@ class ModelCache:
         )
 
     def get(self, options: GenerationOptions, plan_cache_dir: str | Path | None) -> Any:
-        """The loaded pipeline for these options, or None (then :meth:`keep` the new one)."""
+        """The loaded pipeline for these options, or None: then the job checks its model
+        (a refused one leaves the loaded model loaded), :meth:`unload` s the old one and
+        :meth:`keep` s the new one."""
         if self.pipe is not None and self.key == self.key_for(options, plan_cache_dir):
             return self.pipe
-        self.unload()
         return None
 
     def keep(self, options: GenerationOptions, plan_cache_dir: Any, pipe: Any, check: Any) -> None:
@@ -737,6 +738,8 @@ def _load(
     check_device(options.device)
     if check.offline:  # the Hub is unreachable and the model cached: no retries later
         prepare_environment(offline=True)
+    if models is not None:
+        models.unload()  # the model checked: now the old one makes room for it
     t0 = time.perf_counter()
     with token.interruptible():
         import diffusers  # noqa: F401 - imported here so its progress bars can be turned off

@@ -266,3 +266,21 @@ def test_an_idle_worker_stops_when_its_parent_dies(engine_env, tiny_sd15, tmp_pa
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_refused_model_leaves_the_loaded_one_loaded(engine_env, tiny_sd15, tmp_path):
+    """A job whose model is refused before loading (here a pipeline class SphereDiff
+    cannot drive) does not cost the model already loaded."""
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "model_index.json").write_text('{"_class_name": "AudioLDMPipeline"}')
+    proc = WorkerProcess(["--serve"], engine_env, tmp_path / "stderr.txt")
+    assert proc.next_event()["event"] == "hello"
+    for i, model in enumerate((tiny_sd15, not_a_model, tiny_sd15)):
+        proc.send(json.dumps(make_job(model, tmp_path / f"{i}.png")))
+    first, refused, third = (read_job_events(proc)[-1] for _ in range(3))
+    proc.close_stdin()
+    assert proc.wait() == 0
+    assert first["loaded"] is True
+    assert refused["event"] == "error" and refused["code"] == "unsupported_model", refused
+    assert third["loaded"] is False
