@@ -188,13 +188,17 @@ def prepare_sphere_latents(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    n_points: int | None = None,
 ) -> torch.Tensor:
     """Unit-Gaussian sphere latents, (B, C, N) or (B, C, F, N), drawn on the CPU.
 
     Drawing on the CPU makes the same seed give the same panorama on every device.
     Multiply by :func:`init_noise_sigma` of the scheduler before denoising.
+    ``n_points``: draw for a sphere of that many points instead of the plan's (a draft
+    draws its final's noise, then pools it: :func:`pool_noise`).
     """
-    shape = (batch_size, channels) + ((frames,) if frames else ()) + (plan.n_points,)
+    n = plan.n_points if n_points is None else n_points
+    shape = (batch_size, channels) + ((frames,) if frames else ()) + (n,)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     return noise.to(device=device, dtype=dtype)
 

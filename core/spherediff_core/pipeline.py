@@ -739,8 +739,9 @@ class SphereDiffPipeline:
         channels = self.adapter.latent_channels
         if final_n_points is None or final_n_points <= plan.n_points:
             return prepare_sphere_latents(plan, channels, frames=frames, generator=generator)
-        shape = (1, channels) + ((frames,) if frames else ()) + (final_n_points,)
-        fine = torch.randn(shape, generator=generator, dtype=torch.float32)
+        fine = prepare_sphere_latents(
+            plan, channels, frames=frames, generator=generator, n_points=final_n_points
+        )
         fine_points = geometry.fibonacci_sphere(final_n_points)
         return pool_noise(fine, fine_points, plan.points, generator)
 
